@@ -1,0 +1,339 @@
+"""Command line: python -m fmnist {train,evaluate,runs,predict,...} --help.
+
+Errors print one line to stderr and exit non-zero; tracebacks only with FMNIST_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from fmnist import data as fdata
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _bounded(name: str, kind: type, low: float, high: float):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a {kind.__name__}, got {text!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be finite, got {text!r}")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} must be between {low} and {high}, got {text}")
+        return value
+
+    return parse
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def _float_list(text: str) -> float | list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or two comma-separated numbers, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from fmnist.models import ARCHITECTURES
+    from fmnist.training import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+
+    b = TrainConfig.BOUNDS
+    p.add_argument("--preset", choices=list(PRESETS), help="start from a recipe (flags below override it)")
+    p.add_argument("--arch", choices=list(ARCHITECTURES), help="architecture (default: paper)")
+    p.add_argument("--widths", type=_int_list, help="comma-separated channel/unit counts, e.g. 32,64,128")
+    p.add_argument("--dropout", type=_float_list, help="dropout: one value, or conv,dense")
+    p.add_argument("--epochs", type=_bounded("epochs", int, *b["epochs"]))
+    p.add_argument("--batch-size", type=_bounded("batch size", int, *b["batch_size"]))
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--learning-rate", "--lr", type=_bounded("learning rate", float, *b["learning_rate"]))
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    p.add_argument("--warmup-epochs", type=_bounded("warm-up epochs", float, *b["warmup_epochs"]))
+    p.add_argument("--weight-decay", type=_bounded("weight decay", float, *b["weight_decay"]))
+    p.add_argument("--label-smoothing", type=_bounded("label smoothing", float, *b["label_smoothing"]))
+    p.add_argument("--augment-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips")
+    p.add_argument("--augment-shift", type=_bounded("shift", int, *b["augment_shift"]),
+                   help="random translation in pixels")
+    p.add_argument("--ema", type=_bounded("ema", float, *b["ema"]), help="weight averaging momentum (0 = off)")
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average test predictions with mirrored images")
+    p.add_argument("--val-fraction", type=_bounded("validation fraction", float, *b["val_fraction"]))
+    p.add_argument("--seed", type=_bounded("seed", int, *b["seed"]))
+    p.add_argument("--limit", type=_bounded("limit", int, *b["limit"]),
+                   help="train on a stratified subset of this many images (quick runs)")
+    p.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard logs in the run")
+    p.add_argument("--data-dir", help=f"folder with the Fashion-MNIST files (default: ${fdata.ENV_VAR}, "
+                                      "then the Keras cache, then download)")
+    p.add_argument("--runs-dir", help="where runs are saved (default: $FMNIST_RUNS_DIR or ./runs)")
+    p.add_argument("--no-export", action="store_true", help="skip the OpenVINO export after training")
+
+
+def config_from_args(args: argparse.Namespace):
+    """TrainConfig from CLI flags: the preset (or defaults), overridden by given flags."""
+    from fmnist.training import PRESETS, TrainConfig
+
+    fields = ("arch", "widths", "dropout", "epochs", "batch_size", "optimizer", "learning_rate", "schedule",
+              "warmup_epochs", "weight_decay", "label_smoothing", "augment_flip", "augment_shift", "ema",
+              "tta_flip", "val_fraction", "seed", "limit", "tensorboard")
+    overrides = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    base = dict(PRESETS[args.preset], preset=args.preset) if args.preset else {}
+    if "arch" in overrides and overrides["arch"] != base.get("arch"):
+        base.pop("widths", None)  # a preset's widths belong to its own architecture
+    try:
+        return TrainConfig(**{**base, **overrides}).validate()
+    except ValueError as exc:
+        raise CLIError(str(exc))
+
+
+class ProgressBar:
+    """A one-line progress bar with ETA on stderr, plus one line per finished epoch."""
+
+    def __init__(self, stream=sys.stderr, width: int = 28):
+        self.stream, self.width, self.last = stream, width, 0.0
+        self.tty = getattr(stream, "isatty", lambda: False)()
+
+    def __call__(self, event: dict) -> None:
+        kind = event["kind"]
+        if kind == "start":
+            self.stream.write(f"training {event['n_train']:,} images, validating on {event['n_val']:,}, "
+                              f"{event['params']:,} parameters, {event['epochs']} epochs\n")
+        elif kind == "batch":
+            now = time.monotonic()
+            if now - self.last < (0.1 if self.tty else 5.0) and event["global_step"] != event["total_steps"]:
+                return
+            self.last = now
+            frac = event["global_step"] / event["total_steps"]
+            filled = int(frac * self.width)
+            bar = "=" * filled + (">" if filled < self.width else "") + " " * (self.width - filled - 1)
+            eta = time.strftime("%M:%S", time.gmtime(event["eta_s"])) if math.isfinite(event["eta_s"]) else "?"
+            line = (f"epoch {event['epoch']} [{bar}] {frac * 100:3.0f}%  loss {event['loss']:.4f}  "
+                    f"acc {event['accuracy'] * 100:5.2f}%  {event['images_per_s']:,.0f} img/s  ETA {eta}")
+            self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+        elif kind == "epoch":
+            val = (f"  val_loss {event['val_loss']:.4f}  val_acc {event['val_accuracy'] * 100:.2f}%"
+                   if event.get("val_accuracy") is not None else "")
+            self.stream.write(("\r\033[K" if self.tty else "") +
+                              f"epoch {event['epoch']:>3}: loss {event['loss']:.4f}  acc {event['accuracy'] * 100:.2f}%"
+                              f"{val}  {event['seconds']:.1f}s  {event['images_per_s']:,.0f} img/s\n")
+        elif kind == "status":
+            self.stream.write(f"{event['message']}...\n")
+        self.stream.flush()
+
+
+def cmd_train(args) -> int:
+    from fmnist.training import train
+
+    config = config_from_args(args)
+    try:
+        dataset = fdata.load_fashion_mnist(args.data_dir)
+    except fdata.DataError as exc:
+        raise CLIError(str(exc))
+    stop = threading.Event()
+    bar = ProgressBar()
+    try:
+        result = train(config, dataset, listeners=[bar], stop_event=stop, runs_root=args.runs_dir,
+                       export=not args.no_export)
+    except KeyboardInterrupt:
+        raise CLIError("interrupted")
+    if result.status == "failed":
+        raise CLIError(f"training failed: {result.message}")
+    m = result.metrics
+    print(f"{result.status}: test accuracy {m['test_accuracy'] * 100:.2f}%  "
+          f"(validation {m['val_accuracy'] * 100 if m.get('val_accuracy') is not None else float('nan'):.2f}%, "
+          f"train {m['train_accuracy'] * 100:.2f}%) in {result.seconds:.1f}s of training")
+    print(result.run_dir)
+    return 0
+
+
+def _run_or_error(ref, runs_dir=None) -> Path:
+    from fmnist.runs import RunError, checked_run, resolve_run
+
+    try:
+        path = resolve_run(ref, runs_dir)
+        checked_run(path)
+        return path
+    except RunError as exc:
+        raise CLIError(str(exc))
+
+
+def cmd_evaluate(args) -> int:
+    from fmnist.evaluation import evaluate_probabilities, format_report
+    from fmnist.runs import load_metrics
+
+    run = _run_or_error(args.run, args.runs_dir)
+    if args.backend and args.backend != "stored":
+        probs = _backend_probs(run, args.backend, args.data_dir)
+        metrics = evaluate_probabilities(probs, fdata.load_fashion_mnist(args.data_dir).y_test)
+        metrics["backend"] = args.backend
+    else:
+        metrics = load_metrics(run)
+        metrics["backend"] = "keras (stored test-set probabilities)"
+    metrics["run"] = str(run)
+    if args.json:
+        out = dict(metrics)
+        out["misclassified"] = out["misclassified"][: args.top_errors]
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"run {run}  backend {metrics['backend']}")
+        print(format_report(metrics))
+    return 0
+
+
+def _backend_probs(run: Path, backend: str, data_dir=None):
+    from fmnist.backends import BackendError, get_backend
+
+    try:
+        dataset = fdata.load_fashion_mnist(data_dir)
+        return get_backend(run, backend).predict_proba(dataset.x_test)
+    except (BackendError, fdata.DataError) as exc:
+        raise CLIError(str(exc))
+
+
+def cmd_runs(args) -> int:
+    from fmnist.runs import list_runs
+
+    infos = list_runs(args.runs_dir)
+    if args.json:
+        print(json.dumps([{"name": i.name, "path": str(i.path), "status": i.status, "reason": i.reason,
+                           "preset": i.config.get("preset"), "arch": i.config.get("arch"), **i.summary}
+                          for i in infos], indent=2))
+        return 0
+    if not infos:
+        print("no runs yet: python -m fmnist train --preset fast")
+        return 0
+    print(f"{'run':<34} {'status':<10} {'preset/arch':<16} {'epochs':>6} {'test acc':>9} {'val acc':>8}  note")
+    for i in infos:
+        acc = i.summary.get("test_accuracy")
+        val = i.summary.get("best_val_accuracy")
+        print(f"{i.name:<34} {i.status:<10} {(i.config.get('preset') or i.config.get('arch') or '-'):<16} "
+              f"{i.summary.get('epochs_done') or '-':>6} "
+              f"{(f'{acc * 100:.2f}%' if isinstance(acc, float) else '-'):>9} "
+              f"{(f'{val * 100:.2f}%' if isinstance(val, float) else '-'):>8}  {i.reason}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from fmnist.backends import BackendError, get_backend
+    from fmnist.data import CLASS_NAMES
+    from fmnist.preprocess import PreprocessError, load_for_model
+
+    run = _run_or_error(args.run, args.runs_dir)
+    prepared, failures = [], []
+    for name in args.images:
+        try:
+            prepared.append((name, load_for_model(Path(name))))
+        except PreprocessError as exc:
+            failures.append((name, str(exc)))
+    results = []
+    if prepared:
+        import numpy as np
+
+        try:
+            backend = get_backend(run, args.backend)
+        except BackendError as exc:
+            raise CLIError(str(exc))
+        probs = backend.predict_proba(np.stack([p.input for _, p in prepared]))
+        for (name, prep), row in zip(prepared, probs):
+            label = int(row.argmax())
+            results.append({"file": name, "label": label, "class_name": CLASS_NAMES[label],
+                            "probabilities": [round(float(v), 6) for v in row],
+                            "warnings": list(prep.warnings)})
+    if args.json:
+        out = results + [{"file": n, "error": e} for n, e in failures]
+        print(json.dumps(out, indent=2))
+    else:
+        for r in results:
+            order = sorted(range(10), key=lambda i: -r["probabilities"][i])[:3]
+            top = ", ".join(f"{CLASS_NAMES[i]} {r['probabilities'][i] * 100:.1f}%" for i in order)
+            print(f"{r['file']}: {top}")
+            for w in r["warnings"]:
+                print(f"  warning: {w}")
+        for n, e in failures:
+            print(f"{n}: error: {e}", file=sys.stderr)
+    return 0 if not failures else 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fmnist.backends import BACKENDS
+
+    parser = argparse.ArgumentParser(prog="python -m fmnist", description=(
+        "Fashion-MNIST Studio: train CNNs on Fashion-MNIST, evaluate them, and classify images "
+        "with Keras or OpenVINO."))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model and save a run",
+                       description="Train a model; prints progress and the run directory.")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test accuracy, per-class scores, confusion matrix of a run")
+    p.add_argument("run", nargs="?", help="run name or path (default: the shipped model)")
+    p.add_argument("--backend", choices=("stored",) + BACKENDS, default="stored",
+                   help="re-run the test set through a backend (default: the metrics saved with the run)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--top-errors", type=int, default=50, help="misclassified items listed in --json")
+    p.add_argument("--data-dir")
+    p.add_argument("--runs-dir")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("runs", help="list saved runs with status and accuracy")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--runs-dir")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("predict", help="classify image files (top-3 classes)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--run", help="run name or path (default: the shipped model, else the newest run)")
+    p.add_argument("--backend", choices=BACKENDS, default="keras")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--runs-dir")
+    p.set_defaults(func=cmd_predict)
+
+    for extra in ("fmnist.export", "fmnist.bench"):
+        try:
+            module = __import__(extra, fromlist=["add_cli"])
+        except ImportError:
+            continue
+        if hasattr(module, "add_cli"):
+            module.add_cli(sub, CLIError)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        if os.environ.get("FMNIST_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (set FMNIST_DEBUG=1 for details)", file=sys.stderr)
+        return 1

@@ -1,0 +1,339 @@
+"""Run directories: written atomically, verified by a sha256 manifest before anything is loaded.
+
+Layout of a run (`<runs root>/<name>/`):
+    config.json      TrainConfig as plain values (rebuilds the model from our own code)
+    history.json     per-epoch train/validation metrics and per-batch loss/accuracy
+    model.keras      Keras weights (+ config, for interop; we never deserialise that config)
+    metrics.json     evaluation on the test set (fmnist.evaluation)
+    test_probs.npy   (10000, 10) float32 test-set probabilities
+    status.json      completed / stopped / failed, timings, message
+    manifest.json    sha256 and size of every other file; written last
+A run is built in a hidden staging folder and renamed into place only when complete, so a run
+killed while saving is never listed. Files added later (OpenVINO IR) go through `add_files`,
+which writes temporary files, fsyncs them, renames them and then replaces the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ENV_VAR = "FMNIST_RUNS_DIR"
+MANIFEST = "manifest.json"
+STATUS = "status.json"
+REQUIRED = ("config.json", "history.json", "model.keras", STATUS)
+STAGING_PREFIX = ".staging-"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default-model"
+DEFAULT_NAME = "default"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+
+
+class RunError(Exception):
+    """A run directory is missing, incomplete or was changed after it was written."""
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    name: str
+    status: str  # completed | stopped | failed | broken
+    reason: str = ""
+    config: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)  # test/val accuracy, params, seconds, created
+    is_default: bool = False
+
+    @property
+    def usable(self) -> bool:
+        """True when the run has a verified model that can be loaded."""
+        return self.status in ("completed", "stopped") and not self.reason
+
+    def label(self) -> str:
+        acc = self.summary.get("test_accuracy")
+        acc_text = f"{acc * 100:.2f}%" if isinstance(acc, (int, float)) else "n/a"
+        tag = "shipped default" if self.is_default else self.config.get("preset") or self.config.get("arch", "?")
+        return f"{self.name} ({tag}, {acc_text})"
+
+
+def runs_root(root: str | os.PathLike | None = None) -> Path:
+    """The runs folder: the argument, else $FMNIST_RUNS_DIR, else ./runs."""
+    return Path(root or os.environ.get(ENV_VAR) or "runs").expanduser()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write to a unique temporary name beside `path`, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_json(path: Path, obj: Any) -> Path:
+    return atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False).encode())
+
+
+def read_json(path: Path) -> Any:
+    with open(path, "rb") as fh:
+        return json.loads(fh.read().decode("utf-8"))
+
+
+def _manifest_for(folder: Path) -> dict:
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
+            rel = path.relative_to(folder).as_posix()
+            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return {"format": "fmnist-run/1", "files": files}
+
+
+def new_run_name(tag: str) -> str:
+    tag = re.sub(r"[^A-Za-z0-9-]+", "-", tag).strip("-")[:30] or "run"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}-{uuid.uuid4().hex[:4]}"
+
+
+class RunWriter:
+    """Builds a run in a hidden staging folder; `commit` makes it appear complete in one rename."""
+
+    def __init__(self, root: str | os.PathLike | None, name: str):
+        self.root = runs_root(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not _NAME_RE.match(name):
+            raise RunError(f"invalid run name {name!r}")
+        self.name = name
+        self.staging = self.root / f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:6]}"
+        self.staging.mkdir()
+
+    def path(self, rel: str) -> Path:
+        target = self.staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        atomic_write_json(self.path(rel), obj)
+
+    def write_npy(self, rel: str, array: np.ndarray) -> None:
+        target = self.path(rel)
+        with open(target, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def save_model(self, model) -> None:
+        model.save(self.path("model.keras"))
+
+    def commit(self, status: dict) -> Path:
+        """Write status and manifest, fsync everything, rename into place. Returns the run path."""
+        self.write_json(STATUS, status)
+        for path in self.staging.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+        atomic_write_json(self.staging / MANIFEST, _manifest_for(self.staging))
+        final = self.root / self.name
+        if final.exists():
+            raise RunError(f"run {final} already exists")
+        os.rename(self.staging, final)
+        _fsync_dir(self.root)
+        return final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def verify_run(path: str | os.PathLike) -> RunInfo:
+    """Check a run's files against its manifest. Never raises: problems go in `reason`."""
+    path = Path(path)
+    is_default = path.resolve() == DEFAULT_MODEL_DIR.resolve()
+    info = RunInfo(path=path, name=DEFAULT_NAME if is_default else path.name, status="broken",
+                   is_default=is_default)
+    try:
+        if not path.is_dir():
+            info.reason = "not a directory"
+            return info
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            info.reason = "no manifest.json: incomplete, or not written by Fashion-MNIST Studio"
+            return info
+        manifest = read_json(manifest_path)
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(files, dict):
+            info.reason = "manifest.json is malformed"
+            return info
+        status_entry = read_json(path / STATUS) if STATUS in files and (path / STATUS).is_file() else {}
+        required = [r for r in REQUIRED if not (r == "model.keras" and status_entry.get("status") == "failed")]
+        for req in required:
+            if req not in files:
+                info.reason = f"manifest does not list {req}"
+                return info
+        for rel, entry in files.items():
+            target = path / rel
+            if ".." in Path(rel).parts or not target.resolve().is_relative_to(path.resolve()):
+                info.reason = f"manifest names a path outside the run: {rel}"
+                return info
+            if not target.is_file():
+                info.reason = f"{rel} is missing"
+                return info
+            if target.stat().st_size != entry.get("bytes"):
+                info.reason = f"{rel} has changed size since it was written (truncated or edited)"
+                return info
+            if sha256_file(target) != entry.get("sha256"):
+                info.reason = f"{rel} was modified after it was written (sha256 mismatch)"
+                return info
+        for extra in path.rglob("*"):
+            rel = extra.relative_to(path).as_posix()
+            if extra.is_file() and rel not in files and extra.name != MANIFEST and not extra.name.startswith("."):
+                info.reason = f"unexpected file {rel} that Fashion-MNIST Studio did not write"
+                return info
+        status = read_json(path / STATUS)
+        info.config = read_json(path / "config.json")
+        info.status = str(status.get("status", "broken"))
+        metrics_summary = {}
+        if (path / "metrics.json").is_file() and "metrics.json" in files:
+            metrics = read_json(path / "metrics.json")
+            metrics_summary = {k: metrics.get(k) for k in ("test_accuracy", "test_loss")}
+        info.summary = {**{k: status.get(k) for k in ("created", "seconds", "epochs_done", "params",
+                                                      "best_val_accuracy", "train_accuracy",
+                                                      "images_per_s", "message")}, **metrics_summary}
+        if info.status not in ("completed", "stopped", "failed"):
+            info.reason = f"unknown status {info.status!r}"
+            info.status = "broken"
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError, TypeError) as exc:
+        info.status = "broken"
+        info.reason = f"unreadable: {type(exc).__name__}: {exc}"
+    return info
+
+
+def list_runs(root: str | os.PathLike | None = None, include_default: bool = True) -> list[RunInfo]:
+    """All runs, newest first, the shipped default model last. Broken runs carry their reason."""
+    root = runs_root(root)
+    infos = []
+    if root.is_dir():
+        for child in sorted(root.iterdir(), key=lambda p: p.name, reverse=True):
+            if child.is_dir() and not child.name.startswith("."):
+                infos.append(verify_run(child))
+    if include_default and DEFAULT_MODEL_DIR.is_dir():
+        infos.append(verify_run(DEFAULT_MODEL_DIR))
+    return infos
+
+
+def resolve_run(ref: str | os.PathLike | None = None, root: str | os.PathLike | None = None) -> Path:
+    """A run path from a path, a run name, 'default', or None (the default model, else newest usable run)."""
+    if ref in (None, "", DEFAULT_NAME):
+        if DEFAULT_MODEL_DIR.is_dir() or ref == DEFAULT_NAME:
+            return DEFAULT_MODEL_DIR
+        for info in list_runs(root, include_default=False):
+            if info.usable:
+                return info.path
+        raise RunError("no trained model yet: train one with `python -m fmnist train --preset fast`")
+    candidate = Path(ref)
+    if candidate.is_dir():
+        return candidate
+    named = runs_root(root) / str(ref)
+    if _NAME_RE.match(str(ref)) and named.is_dir():
+        return named
+    raise RunError(f"no run called {ref!r} (looked for a folder, and in {runs_root(root)})")
+
+
+def checked_run(path: str | os.PathLike) -> RunInfo:
+    """verify_run, raising RunError unless the run has a usable, untampered model."""
+    info = verify_run(path)
+    if info.status == "broken":
+        raise RunError(f"refusing to load {path}: {info.reason}")
+    if info.status == "failed":
+        raise RunError(f"run {path} failed and has no model: {info.summary.get('message') or ''}".strip())
+    return info
+
+
+def load_model(path: str | os.PathLike):
+    """Rebuild a run's model from our own architecture code and load only its weights.
+
+    The Keras config inside model.keras is never deserialised, so a planted file cannot run code.
+    """
+    from fmnist.training import TrainConfig
+    from fmnist.models import build_model
+
+    info = checked_run(path)
+    try:
+        config = TrainConfig.from_dict(info.config)
+    except (TypeError, ValueError) as exc:
+        raise RunError(f"refusing to load {path}: config.json is not a valid training config ({exc})") from exc
+    model = build_model(config.arch, widths=config.widths, dropout=config.dropout)
+    try:
+        model.load_weights(Path(path) / "model.keras")
+    except Exception as exc:  # h5/zip errors have many types; all mean the weights don't fit
+        raise RunError(f"refusing to load {path}: weights do not match the architecture ({exc})") from exc
+    return model
+
+
+def load_history(path: str | os.PathLike) -> dict:
+    return read_json(Path(path) / "history.json")
+
+
+def load_metrics(path: str | os.PathLike) -> dict:
+    return read_json(Path(path) / "metrics.json")
+
+
+def load_test_probs(path: str | os.PathLike) -> np.ndarray:
+    return np.load(Path(path) / "test_probs.npy", allow_pickle=False)
+
+
+def add_files(run_dir: str | os.PathLike, files: dict[str, bytes | Path]) -> None:
+    """Add or replace files in a finished run (e.g. OpenVINO IR), then rewrite the manifest.
+
+    Each file goes to a temporary name, is fsynced and renamed; the manifest is replaced last, so
+    a crash leaves either the old verified state or the new one (stray files are ignored as
+    dot-files or flagged as unexpected until the manifest lists them).
+    """
+    run_dir = Path(run_dir)
+    info = checked_run(run_dir)
+    del info
+    manifest = read_json(run_dir / MANIFEST)
+    for rel, content in files.items():
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise RunError(f"invalid file name {rel!r}")
+        data = Path(content).read_bytes() if isinstance(content, Path) else content
+        target = run_dir / rel
+        atomic_write_bytes(target, data)
+        manifest["files"][rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    atomic_write_json(run_dir / MANIFEST, manifest)
