@@ -1,5 +1,25 @@
+"""Fashion-MNIST Studio: `streamlit run streamlit_app.py`.
+
+Routes over pages/ with st.navigation and draws the shared sidebar (current run and backend).
+Pages are thin: they call `fmnist` and render; TensorFlow and OpenVINO load only when needed.
+"""
+
 import streamlit as st
 
-st.set_page_config(page_title="Fashion-MNIST Studio", page_icon="👕", layout="wide")
-st.title("Fashion-MNIST Studio")
-st.write("The web app is being built; use `python -m fmnist --help` meanwhile.")
+st.set_page_config(page_title="Fashion-MNIST Studio", page_icon="👕", layout="wide",
+                   initial_sidebar_state="expanded")
+
+from pages import _state  # noqa: E402  (after set_page_config)
+
+PAGES = [
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/data.py", title="Data", icon=":material/grid_view:", url_path="data"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
+    st.Page("pages/results.py", title="Results", icon=":material/insights:", url_path="results"),
+    st.Page("pages/classify.py", title="Classify", icon=":material/image_search:", url_path="classify"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+]
+
+page = st.navigation(PAGES)
+_state.sidebar()
+page.run()

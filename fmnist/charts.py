@@ -1,0 +1,141 @@
+"""Plotly figure builders: pure functions from plain data (lists, dicts, arrays) to figures.
+
+The app renders these; tests inspect them. Nothing here trains, loads or imports Streamlit.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from fmnist.data import CLASS_NAMES
+
+SHORT_NAMES = tuple(n.split("/")[0] for n in CLASS_NAMES)
+TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#e4572e"
+
+
+def _go():
+    import plotly.graph_objects as go
+
+    return go
+
+
+def _layout(fig, title: str = "", height: int = 320, **kwargs):
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left", font=dict(size=14)) if title else None,
+                      height=height, margin=dict(l=10, r=10, t=56 if title else 24, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="right", x=1), **kwargs)
+    return fig
+
+
+def batch_figure(batches: Sequence[Sequence[float]], steps_per_epoch: int | None = None):
+    """Live per-batch loss (left axis) and accuracy (right axis) from (step, loss, accuracy) rows."""
+    from plotly.subplots import make_subplots
+
+    go = _go()
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    steps = [b[0] for b in batches]
+    fig.add_trace(go.Scatter(x=steps, y=[b[1] for b in batches], name="batch loss", mode="lines",
+                             line=dict(color=TRAIN_COLOUR, width=1.5)), secondary_y=False)
+    fig.add_trace(go.Scatter(x=steps, y=[b[2] for b in batches], name="batch accuracy", mode="lines",
+                             line=dict(color=VAL_COLOUR, width=1.5)), secondary_y=True)
+    fig.update_yaxes(title_text="loss", secondary_y=False, rangemode="tozero")
+    fig.update_yaxes(title_text="accuracy", secondary_y=True, range=[0, 1], tickformat=".0%")
+    fig.update_xaxes(title_text="step" if not steps_per_epoch else f"step ({steps_per_epoch} per epoch)")
+    return _layout(fig, "Per-batch loss and accuracy", uirevision="batches")
+
+
+def epoch_figure(epochs: Sequence[dict], metric: str = "accuracy"):
+    """Per-epoch train and validation curves for `metric` ("accuracy" or "loss")."""
+    go = _go()
+    fig = go.Figure()
+    x = [e["epoch"] for e in epochs]
+    fig.add_trace(go.Scatter(x=x, y=[e.get(metric) for e in epochs], name=f"train {metric}",
+                             mode="lines+markers", line=dict(color=TRAIN_COLOUR)))
+    if any(e.get(f"val_{metric}") is not None for e in epochs):
+        fig.add_trace(go.Scatter(x=x, y=[e.get(f"val_{metric}") for e in epochs], name=f"validation {metric}",
+                                 mode="lines+markers", line=dict(color=VAL_COLOUR)))
+    fig.update_xaxes(title_text="epoch", dtick=1 if len(x) <= 20 else None)
+    fig.update_yaxes(title_text=metric, tickformat=".1%" if metric == "accuracy" else None)
+    return _layout(fig, f"Train vs validation {metric}", uirevision=metric)
+
+
+def overlay_figure(series: dict[str, Sequence[dict]], metric: str = "val_accuracy"):
+    """One line per run: `metric` per epoch, for comparing runs."""
+    go = _go()
+    fig = go.Figure()
+    for name, epochs in series.items():
+        fig.add_trace(go.Scatter(x=[e["epoch"] for e in epochs], y=[e.get(metric) for e in epochs],
+                                 name=name, mode="lines+markers"))
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text=metric.replace("_", " "), tickformat=".1%" if "accuracy" in metric else None)
+    return _layout(fig, f"{metric.replace('_', ' ')} per epoch", height=380)
+
+
+def confusion_figure(matrix: np.ndarray | list, normalise: bool = False):
+    """Clickable confusion-matrix heatmap (rows true, columns predicted).
+
+    Plotly heatmaps emit no selection events, so a transparent square marker sits on every cell;
+    clicking a cell selects its marker, whose customdata is [true class, predicted class, count].
+    """
+    go = _go()
+    counts = np.asarray(matrix, dtype=np.int64)
+    rows = counts.sum(axis=1, keepdims=True)
+    shown = counts / np.maximum(rows, 1) if normalise else counts
+    text = [[(f"{v:.0%}" if normalise else f"{v:d}") for v in row] for row in shown]
+    fig = go.Figure(go.Heatmap(z=shown, x=list(SHORT_NAMES), y=list(SHORT_NAMES), colorscale="Blues",
+                               text=text, texttemplate="%{text}", hoverinfo="skip",
+                               showscale=False, zmin=0))
+    xs, ys, custom = [], [], []
+    for t in range(len(counts)):
+        for p in range(len(counts)):
+            xs.append(SHORT_NAMES[p])
+            ys.append(SHORT_NAMES[t])
+            custom.append([t, p, int(counts[t, p])])
+    fig.add_trace(go.Scatter(
+        x=xs, y=ys, mode="markers", customdata=custom, name="cells", showlegend=False,
+        marker=dict(symbol="square", size=34, color="rgba(0,0,0,0.01)"),
+        selected=dict(marker=dict(color="rgba(228,87,46,0.35)")),
+        unselected=dict(marker=dict(opacity=1)),
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata[2]} images<extra>click to see them</extra>",
+    ))
+    fig.update_yaxes(autorange="reversed", title_text="true class")
+    fig.update_xaxes(title_text="predicted class", side="bottom")
+    fig.update_layout(clickmode="event+select", dragmode=False)
+    return _layout(fig, "", height=520)
+
+
+def probability_bars(probs: Iterable[float], highlight: int | None = None):
+    """Horizontal bars for all 10 classes, the top class highlighted."""
+    go = _go()
+    probs = np.asarray(list(probs), dtype=float)
+    top = int(probs.argmax()) if highlight is None else highlight
+    colours = [VAL_COLOUR if i == top else "#9fb6cd" for i in range(len(probs))]
+    fig = go.Figure(go.Bar(x=probs, y=list(CLASS_NAMES), orientation="h", marker_color=colours,
+                           text=[f"{p:.1%}" for p in probs], textposition="outside", cliponaxis=False))
+    fig.update_xaxes(range=[0, 1.15], tickformat=".0%", showgrid=False)
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, "", height=300)
+
+
+def class_count_figure(counts: dict[str, list[int]]):
+    """Grouped bars: items per class in every split."""
+    go = _go()
+    fig = go.Figure()
+    for split, values in counts.items():
+        fig.add_trace(go.Bar(x=list(SHORT_NAMES), y=values, name=f"{split} ({sum(values):,})"))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text="images")
+    return _layout(fig, "Images per class", height=340)
+
+
+def per_class_figure(per_class: Sequence[dict]):
+    """Grouped bars of precision, recall and F1 per class."""
+    go = _go()
+    fig = go.Figure()
+    names = [SHORT_NAMES[r["class"]] for r in per_class]
+    for key in ("precision", "recall", "f1"):
+        fig.add_trace(go.Bar(x=names, y=[r[key] for r in per_class], name=key))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    return _layout(fig, "Per-class precision, recall and F1", height=340)

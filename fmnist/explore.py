@@ -1,0 +1,92 @@
+"""Pure data functions behind the Data page: sample grids, class counts, mean images, items.
+
+All take a `fmnist.data.Dataset` (uint8 arrays) and return numpy arrays or plain dicts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fmnist.data import CLASS_NAMES, NUM_CLASSES, Dataset, make_splits
+
+SPLITS = ("train", "test")
+
+
+def sample_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """(10, per_class) indices: `per_class` random items of every class, chosen with `seed`."""
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cls in range(NUM_CLASSES):
+        idx = np.flatnonzero(labels == cls)
+        if len(idx) == 0:
+            rows.append(np.full(per_class, -1))
+            continue
+        rows.append(rng.choice(idx, size=per_class, replace=len(idx) < per_class))
+    return np.stack(rows)
+
+
+def sample_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 8, seed: int = 0,
+                gap: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """One uint8 image tiling `per_class` samples per class (a row per class), and their indices.
+
+    Rows follow CLASS_NAMES order; `gap` pixels of mid-grey separate the tiles.
+    """
+    index = sample_indices(labels, per_class, seed)
+    cell = 28 + gap
+    grid = np.full((NUM_CLASSES * cell - gap, per_class * cell - gap), 96, dtype=np.uint8)
+    for r in range(NUM_CLASSES):
+        for c in range(per_class):
+            i = index[r, c]
+            tile = images[i] if i >= 0 else np.zeros((28, 28), np.uint8)
+            grid[r * cell:r * cell + 28, c * cell:c * cell + 28] = tile
+    return grid, index
+
+
+def class_counts(dataset: Dataset, val_fraction: float = 0.1, seed: int = 0,
+                 limit: int | None = None) -> dict[str, list[int]]:
+    """Items per class in the train, validation and test sets, for a given validation split."""
+    splits = make_splits(dataset, val_fraction, seed, limit)
+    count = lambda y: np.bincount(np.asarray(y, dtype=np.int64), minlength=NUM_CLASSES).tolist()  # noqa: E731
+    return {"train": count(splits.y_train), "validation": count(splits.y_val), "test": count(dataset.y_test)}
+
+
+def mean_images(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(10, 28, 28) float32: the average image of every class (zeros for an absent class)."""
+    out = np.zeros((NUM_CLASSES, 28, 28), dtype=np.float32)
+    for cls in range(NUM_CLASSES):
+        mask = labels == cls
+        if mask.any():
+            out[cls] = images[mask].mean(axis=0, dtype=np.float64)
+    return out
+
+
+def get_item(dataset: Dataset, split: str, index: int) -> tuple[np.ndarray, int, str]:
+    """(image, label, class name) of one item; ValueError with the valid range when out of range."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    images = dataset.x_train if split == "train" else dataset.x_test
+    labels = dataset.y_train if split == "train" else dataset.y_test
+    if not 0 <= int(index) < len(images):
+        raise ValueError(f"index must be between 0 and {len(images) - 1} for the {split} set, got {index}")
+    label = int(labels[int(index)])
+    return images[int(index)], label, CLASS_NAMES[label]
+
+
+def enlarge(image: np.ndarray, scale: int = 8) -> np.ndarray:
+    """Nearest-neighbour upscaling, so 28x28 pixels stay crisp on screen."""
+    image = np.asarray(image)
+    return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Any float or int image scaled into 0..255 uint8 (min-max for floats outside that range)."""
+    arr = np.asarray(image)
+    if arr.dtype == np.uint8:
+        return arr
+    arr = arr.astype(np.float32)
+    if arr.size and (arr.min() < 0 or arr.max() > 255 or arr.max() <= 1.0):
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+    return np.clip(arr, 0, 255).astype(np.uint8)

@@ -1,0 +1,234 @@
+"""The app's shared Streamlit state: cached read-only resources, the session id, and the sidebar
+(current run and backend) that every page reads. Heavy modules load inside the functions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from fmnist import runs as fruns
+
+BACKEND_LABELS = {"keras": "Keras (TensorFlow)", "openvino-fp32": "OpenVINO FP32", "openvino-int8": "OpenVINO INT8"}
+RUN_KEY, BACKEND_KEY = "current_run", "backend"
+
+
+def runs_dir() -> Path:
+    return fruns.runs_root()
+
+
+def data_dir() -> str | None:
+    return os.environ.get("FMNIST_DATA_DIR") or None
+
+
+# ---- read-only resources shared by all sessions ----------------------------------------------
+
+@st.cache_resource(show_spinner="Loading Fashion-MNIST...")
+def _dataset_cached(folder: str | None):
+    from fmnist.data import load_fashion_mnist
+
+    return load_fashion_mnist(folder)
+
+
+def dataset():
+    """The Fashion-MNIST arrays (shared, read-only), or None after showing why they are missing."""
+    from fmnist.data import DataError
+
+    try:
+        return _dataset_cached(data_dir())
+    except DataError as exc:
+        st.error(f"Fashion-MNIST data is not available. {exc}")
+        return None
+
+
+def _runs_stamp(root: Path) -> tuple:
+    """Cheap change detector: the folder's and each run's manifest modification times."""
+    stamps = []
+    for folder in (root, fruns.DEFAULT_MODEL_DIR):
+        try:
+            stamps.append(folder.stat().st_mtime_ns)
+            stamps.extend(p.stat().st_mtime_ns for p in folder.glob("*/manifest.json"))
+            stamps.extend(p.stat().st_mtime_ns for p in folder.glob("manifest.json"))
+        except OSError:
+            stamps.append(0)
+    return tuple(stamps)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _list_runs_cached(root: str, stamp: tuple):
+    return fruns.list_runs(root)
+
+
+def all_runs() -> list:
+    """Every run (newest first, the shipped default last), re-verified only when files change."""
+    root = runs_dir()
+    return _list_runs_cached(str(root), _runs_stamp(root))
+
+
+def usable_runs() -> list:
+    return [r for r in all_runs() if r.usable]
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading the model...")
+def _backend_cached(run_dir: str, name: str, stamp: tuple):
+    from fmnist.backends import get_backend
+
+    return get_backend(run_dir, name)
+
+
+def backend(run_dir: Path, name: str):
+    """A cached predictor shared by all sessions (backends guard their own state with a lock).
+    Returns (backend, None) or (None, message)."""
+    try:
+        stamp = ((Path(run_dir) / "manifest.json").stat().st_mtime_ns,)
+        return _backend_cached(str(run_dir), name, stamp), None
+    except Exception as exc:  # BackendError, RunError, missing export...: all shown as one message
+        return None, f"{BACKEND_LABELS.get(name, name)} is not available for this run: {exc}"
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def run_files(run_dir: str, stamp: tuple) -> dict:
+    """history, metrics and test probabilities of a run (cached per run)."""
+    out = {"history": None, "metrics": None, "probs": None}
+    for key, loader in (("history", fruns.load_history), ("metrics", fruns.load_metrics),
+                        ("probs", fruns.load_test_probs)):
+        try:
+            out[key] = loader(run_dir)
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def load_run_files(run_dir: Path) -> dict:
+    try:
+        stamp = ((Path(run_dir) / "manifest.json").stat().st_mtime_ns,)
+    except OSError:
+        stamp = (0,)
+    return run_files(str(run_dir), stamp)
+
+
+# ---- sessions --------------------------------------------------------------------------------
+
+def session_id() -> str:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "no-session"
+
+
+def _session_alive(sid: str) -> bool:
+    from streamlit import runtime
+
+    if not runtime.exists():
+        return True
+    return runtime.get_instance().is_active_session(sid)
+
+
+def job_manager():
+    """The server's training queue; closed tabs' jobs are stopped after a grace period."""
+    from fmnist.jobs import get_manager
+
+    manager = get_manager()
+    manager.set_session_checker(_session_alive)
+    return manager
+
+
+def current_job():
+    """This session's latest job (adopting one named in the URL after a page reload)."""
+    manager = job_manager()
+    sid = session_id()
+    wanted = st.query_params.get("job")
+    if wanted and st.session_state.get("job_id") != wanted:
+        job = manager.get(wanted)
+        if job is not None:
+            manager.adopt(wanted, sid)
+            st.session_state["job_id"] = wanted
+    job = manager.get(st.session_state.get("job_id"))
+    if job is not None and job.session_id != sid and job.snapshot()["active"]:
+        manager.adopt(job.id, sid)
+    return job
+
+
+# ---- the sidebar -----------------------------------------------------------------------------
+
+def sidebar() -> None:
+    """Current run and backend, shared by every page, and this session's training status."""
+    runs = usable_runs()
+    with st.sidebar:
+        st.markdown("### Model")
+        if runs:
+            names = [r.name for r in runs]
+            if st.session_state.get(RUN_KEY) not in names:
+                st.session_state[RUN_KEY] = names[-1] if runs[-1].is_default else names[0]
+            labels = {r.name: r.label() for r in runs}
+            st.selectbox("Run", names, key=RUN_KEY, format_func=lambda n: labels.get(n, n),
+                         help="The trained model used by Results and Classify. "
+                              "The shipped default model is always listed.")
+        else:
+            st.info("No trained model yet: train one on the Train page.")
+        from fmnist.backends import BACKENDS
+
+        if st.session_state.get(BACKEND_KEY) not in BACKENDS:
+            st.session_state[BACKEND_KEY] = "openvino-fp32" if "openvino-fp32" in BACKENDS else BACKENDS[0]
+        st.selectbox("Backend", list(BACKENDS), key=BACKEND_KEY, format_func=lambda b: BACKEND_LABELS.get(b, b),
+                     help="Which inference engine Classify uses. Compare measures them side by side.")
+        job = current_job()
+        if job is not None:
+            _sidebar_job(job.id, job.snapshot()["active"])
+
+
+def _sidebar_job(job_id: str, active: bool) -> None:
+    @st.fragment(run_every=2.0 if active else None)
+    def status_box():
+        job = job_manager().get(job_id)
+        if job is None:
+            return
+        snap = job.snapshot()
+        st.markdown("### Training")
+        st.caption(job_line(snap))
+        if active and not snap["active"]:
+            st.session_state["job_finished_seen"] = job_id
+            st.rerun(scope="app")  # refresh run lists everywhere
+
+    with st.sidebar:
+        status_box()
+
+
+def job_line(snap: dict) -> str:
+    """One line about a job's state, for the sidebar and the Train page."""
+    status = snap["status"]
+    if status == "queued":
+        return f"Queued: position {snap['queue_position']} (one training runs at a time on this server)"
+    if status == "starting":
+        return "Starting the training process..."
+    if status == "running":
+        last, start = snap["last_batch"], snap["start"]
+        if not last:
+            return f"Running: {snap['status_message'] or 'preparing'}"
+        pct = 100 * last["global_step"] / max(last["total_steps"], 1)
+        if last["global_step"] >= last["total_steps"] and snap["status_message"]:
+            return f"Running: {snap['status_message']}"
+        return f"Running: epoch {last['epoch']}/{start.get('epochs', '?')}, {pct:.0f}%"
+    if status == "completed":
+        acc = snap.get("test_accuracy")
+        return f"Finished: test accuracy {acc:.2%}" if isinstance(acc, float) else "Finished"
+    if status == "stopped":
+        return f"Stopped: {snap['message'] or 'best weights kept'}"
+    if status == "failed":
+        return f"Failed: {snap['message']}"
+    return f"Cancelled: {snap['message']}"
+
+
+def current_run():
+    """The RunInfo chosen in the sidebar, or None when there is no usable run."""
+    name = st.session_state.get(RUN_KEY)
+    for run in usable_runs():
+        if run.name == name:
+            return run
+    runs = usable_runs()
+    return runs[0] if runs else None
+
+
+def current_backend() -> str:
+    return st.session_state.get(BACKEND_KEY, "keras")

@@ -1,0 +1,123 @@
+"""Classify: upload photos or draw on a canvas; see each preprocessing step, the 28x28 input,
+the probabilities of all 10 classes, the backend's latency and the pipeline's warnings."""
+
+import time
+
+import numpy as np
+import streamlit as st
+
+from fmnist import charts, explore
+from fmnist.data import CLASS_NAMES
+from pages import _state
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp"]
+
+
+def predictor():
+    """The sidebar's run and backend as a cached predictor, falling back to Keras with a note."""
+    run = _state.current_run()
+    if run is None:
+        st.info("No trained model yet: train one on the Train page (or install the shipped default model).")
+        st.stop()
+    name = _state.current_backend()
+    model, problem = _state.backend(run.path, name)
+    if model is None and name != "keras":
+        st.warning(f"{problem}. Using Keras instead.")
+        model, problem = _state.backend(run.path, "keras")
+    if model is None:
+        st.error(problem)
+        st.stop()
+    return run, model
+
+
+def predict(model, image28: np.ndarray) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    probs = np.asarray(model.predict_proba(image28[None]))[0]
+    return probs, (time.perf_counter() - t0) * 1000
+
+
+def show_prediction(prepared, model, key: str, show_steps: bool = True) -> None:
+    """Steps, the model input, probability bars, top class, latency and warnings for one image."""
+    for warning in prepared.warnings:
+        st.warning(warning)
+    if prepared.empty:
+        return
+    probs, ms = predict(model, prepared.input)
+    top = int(probs.argmax())
+    left, right = st.columns([1, 2])
+    with left:
+        st.image(explore.enlarge(prepared.input, 6), caption="Model input (28x28)")
+        st.markdown(f"### {CLASS_NAMES[top]}")
+        st.caption(f"{probs[top]:.1%} confident · {model.name} ({getattr(model, 'precision', '')}) "
+                   f"on {getattr(model, 'device', 'CPU')} · {ms:.1f} ms")
+    with right:
+        st.plotly_chart(charts.probability_bars(probs), key=f"bars_{key}")
+    if show_steps and prepared.steps:
+        with st.expander("Preprocessing, step by step"):
+            cols = st.columns(min(len(prepared.steps), 6))
+            for i, (name, img) in enumerate(prepared.steps):
+                cols[i % len(cols)].image(explore.to_uint8(img), caption=name, width=120)
+            if prepared.decisions:
+                st.json(prepared.decisions, expanded=False)
+
+
+@st.fragment
+def drawing_panel(model) -> None:
+    """Canvas and its prediction in a fragment: a stroke reruns only this part of the page."""
+    try:
+        from streamlit_drawable_canvas import st_canvas
+    except Exception as exc:  # missing package or a component that cannot load
+        st.error(f"The drawing canvas is not available ({type(exc).__name__}: {exc}).")
+        return
+    from fmnist.preprocess import ImageError, prepare_drawing
+
+    c1, c2 = st.columns([3, 1])
+    stroke = c1.slider("Stroke width", 4, 40, 18, key="draw_stroke")
+    if c2.button("Clear", icon=":material/delete:", key="draw_clear"):
+        st.session_state["canvas_version"] = st.session_state.get("canvas_version", 0) + 1
+    left, right = st.columns([1, 2])
+    with left:
+        st.caption("Draw one item, light on dark like the data set: a shirt, a shoe, a bag...")
+        result = st_canvas(stroke_width=stroke, stroke_color="#ffffff", background_color="#000000",
+                           height=280, width=280, drawing_mode="freedraw", return_image_data=True,
+                           update_streamlit=True, key=f"canvas_{st.session_state.get('canvas_version', 0)}")
+    with right:
+        data = getattr(result, "image_data", None) if result is not None else None
+        if data is None:
+            st.info("Draw on the canvas to see a prediction.")
+            return
+        try:
+            prepared = prepare_drawing(np.asarray(data))
+        except ImageError as exc:
+            st.error(str(exc))
+            return
+        if prepared.empty:
+            st.info("Draw on the canvas to see a prediction.")
+            return
+        show_prediction(prepared, model, "draw")
+
+
+st.title("Classify")
+run, model = predictor()
+st.caption(f"Model **{run.label()}** with **{_state.BACKEND_LABELS.get(model.name, model.name)}** "
+           "(change both in the sidebar).")
+tab_upload, tab_draw = st.tabs(["Upload photos", "Draw"])
+with tab_upload:
+    files = st.file_uploader("Images (PNG, JPEG, WebP)", type=UPLOAD_TYPES, accept_multiple_files=True,
+                             key="upload_files", help="A photo of one item on a plain background works best.")
+    if not files:
+        st.info("Upload one or more photos of clothing, shoes or bags. Each is cropped, resized, centred and "
+                "inverted the way the data set was made, and every step is shown.")
+    for i, f in enumerate(files or []):
+        st.divider()
+        st.markdown(f"**{f.name}**")
+        try:
+            from fmnist.preprocess import ImageError, prepare_photo_bytes
+
+            prepared = prepare_photo_bytes(f.getvalue())
+        except ImageError as exc:
+            st.error(f"{f.name}: {exc}")
+            continue
+        show_prediction(prepared, model, f"upload{i}")
+with tab_draw:
+    drawing_panel(model)

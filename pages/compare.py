@@ -1,0 +1,105 @@
+"""Compare: a sortable table of runs, selected runs' curves overlaid, and one run's backends
+side by side (accuracy, agreement, latency p50/p95, throughput), measured on demand."""
+
+import streamlit as st
+
+from fmnist import charts
+from pages import _state
+
+
+def run_rows(runs) -> list[dict]:
+    rows = []
+    for r in runs:
+        s, c = r.summary, r.config
+        rows.append({
+            "run": r.name, "preset": "shipped default" if r.is_default else (c.get("preset") or "custom"),
+            "architecture": c.get("arch"), "parameters": s.get("params"), "epochs": s.get("epochs_done"),
+            "training time (s)": s.get("seconds"), "images/s": s.get("images_per_s"),
+            "validation accuracy": s.get("best_val_accuracy"), "test accuracy": s.get("test_accuracy"),
+            "status": r.status + (f" ({r.reason})" if r.reason else ""),
+        })
+    return rows
+
+
+def backend_rows(result) -> list[dict]:
+    """measure_backends' result as table rows, whatever its exact nesting."""
+    if isinstance(result, dict):
+        for key in ("backends", "rows", "results"):
+            if isinstance(result.get(key), list):
+                return result[key]
+            if isinstance(result.get(key), dict):
+                return [{"backend": k, **v} for k, v in result[key].items() if isinstance(v, dict)]
+        return [{"backend": k, **v} for k, v in result.items() if isinstance(v, dict)]
+    return list(result or [])
+
+
+st.title("Compare")
+runs = _state.all_runs()
+if not runs:
+    st.info("No runs yet: train one on the Train page.")
+    st.stop()
+pct = st.column_config.NumberColumn(format="percent")
+st.subheader("Runs")
+st.caption("Click a column header to sort.")
+st.dataframe(run_rows(runs), hide_index=True, column_config={
+    "validation accuracy": pct, "test accuracy": pct,
+    "parameters": st.column_config.NumberColumn(format="localized")})
+
+usable = [r for r in runs if r.usable]
+names = [r.name for r in usable]
+st.subheader("Curves")
+chosen = st.multiselect("Runs to overlay", names, default=names[:3], key="cmp_runs")
+metric = st.radio("Metric", ["val_accuracy", "accuracy", "val_loss", "loss"], horizontal=True, key="cmp_metric",
+                  format_func=lambda m: m.replace("val_", "validation ").replace("_", " "))
+series = {}
+for r in usable:
+    if r.name in chosen:
+        history = _state.load_run_files(r.path)["history"] or {}
+        series[r.name] = [e for e in history.get("epochs", []) if not e.get("partial")]
+if series:
+    st.plotly_chart(charts.overlay_figure(series, metric), key="cmp_overlay")
+
+st.subheader("Backends side by side")
+st.caption("Keras vs OpenVINO FP32 vs OpenVINO INT8 on the test set: accuracy, agreement with Keras, "
+           "single-image latency and batch throughput on this CPU.")
+if not names:
+    st.stop()
+c1, c2, c3 = st.columns([2, 1, 1])
+bench_run = c1.selectbox("Run", names, key="cmp_bench_run",
+                         index=names.index(st.session_state.get(_state.RUN_KEY)) if
+                         st.session_state.get(_state.RUN_KEY) in names else 0)
+n_images = c2.select_slider("Test images", [500, 1000, 2000, 5000, 10000], 2000, key="cmp_bench_n")
+measure = c3.button("Measure", type="primary", icon=":material/speed:", key="cmp_measure")
+cache = st.session_state.setdefault("bench_results", {})
+if measure:
+    ds = _state.dataset()
+    try:
+        from fmnist.bench_infer import measure_backends
+    except ImportError:
+        st.error("Backend benchmarking is not installed in this version (fmnist.bench_infer is missing).")
+    else:
+        if ds is not None:
+            run = next(r for r in usable if r.name == bench_run)
+            bar = st.progress(0.0, text="Measuring...")
+
+            def progress(*args, **kwargs):
+                """Accepts (fraction[, message]) or (done, total[, message])."""
+                nums = [a for a in args if isinstance(a, (int, float))]
+                text = next((a for a in args if isinstance(a, str)), kwargs.get("message", "Measuring..."))
+                frac = nums[0] / nums[1] if len(nums) >= 2 and nums[1] else (nums[0] if nums else 0.0)
+                bar.progress(min(max(float(frac), 0.0), 1.0), text=str(text))
+
+            try:
+                with st.spinner("Measuring every backend..."):
+                    result = measure_backends(run.path, ds.x_test[:n_images], ds.y_test[:n_images],
+                                              progress=progress)
+            except Exception as exc:
+                st.error(f"Measuring failed: {type(exc).__name__}: {exc}")
+            else:
+                cache[bench_run] = {"n": n_images, "rows": backend_rows(result)}
+            bar.empty()
+if bench_run in cache:
+    st.caption(f"Measured on {cache[bench_run]['n']:,} test images.")
+    st.dataframe(cache[bench_run]["rows"], hide_index=True)
+else:
+    st.info("Press Measure to time the backends for this run (takes a few seconds per backend).")
