@@ -1,16 +1,40 @@
 """Predictors behind one interface: predict_proba(images) -> (N, 10) probabilities.
 
 Images are raw pixels, shape (N, 28, 28) or (N, 28, 28, 1), uint8 or float in 0..255.
+
+Backends (all expose `name`, `precision`, `device`, `run_dir`, `predict_proba`, `describe()`):
+    keras          the run's Keras model (rebuilt from our code, weights only)
+    openvino-fp32  the FP32 IR, compiled with INFERENCE_PRECISION_HINT=f32 (true f32: without it
+                   OpenVINO runs bf16 on CPUs with AMX/AVX512-BF16 and the answers change)
+    openvino-int8  the NNCF INT8 IR (remaining float ops in f32)
+    openvino-bf16  optional, not in BACKENDS: the FP32 IR run in bf16, only where the CPU has BF16
+
+OpenVINO details: one `ov.Core` per process; every IR byte is read once, checked against the run's
+manifest and openvino/export.json (sha256), and only then handed to OpenVINO from memory, so the
+file checked is the file loaded. The model has a dynamic batch dimension. Each backend keeps two
+compiled models, built on first use: LATENCY hint for 1..SMALL_BATCH images (synchronous calls on
+a pool of infer requests, one per concurrent caller) and THROUGHPUT hint for larger batches
+(`AsyncInferQueue` over chunks of `chunk` images, one batch job at a time). Safe to call from
+several threads.
+
+`get_backend(run_dir, name)` returns a cached backend from `REGISTRY` (an explicit `BackendRegistry`
+keyed by run path, backend name and the run's manifest hash), so the app can call it freely.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import queue
 import threading
 from pathlib import Path
 
 import numpy as np
 
 BACKENDS = ("keras", "openvino-fp32", "openvino-int8")
+OPTIONAL_BACKENDS = ("openvino-bf16",)  # where the CPU supports bf16; not offered by default
+SMALL_BATCH = 16  # up to this many images: the latency path; more: the throughput path
+CHUNK = 64  # images per asynchronous request on the throughput path (measured best on 2 cores)
 
 
 class BackendError(Exception):
@@ -40,20 +64,314 @@ class KerasBackend:
 
         self.run_dir = Path(run_dir)
         self.model = load_model(run_dir)
-        self._lock = threading.Lock()  # Keras predict is not thread-safe
+        self.source_files = ("model.keras",)
+        self._lock = threading.Lock()  # Keras predict and model(x) are not thread-safe
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         x = as_batch(images)
+        if len(x) == 0:
+            return np.zeros((0, 10), np.float32)
         with self._lock:
             if len(x) <= 64:
                 return np.asarray(self.model(x, training=False), dtype=np.float32)
             return np.asarray(self.model.predict(x, batch_size=1000, verbose=0), dtype=np.float32)
 
+    def describe(self) -> dict:
+        return {"name": self.name, "precision": self.precision, "device": self.device, "run": str(self.run_dir)}
 
-def get_backend(run_dir: str | Path, name: str = "keras"):
-    """A predictor for a run by backend name."""
-    if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+# ---------------------------------------------------------------------------------------------
+# OpenVINO
+
+
+class _Runtime:
+    """The process's single ov.Core, created on first use."""
+
+    _core = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def core(cls):
+        with cls._lock:
+            if cls._core is None:
+                import openvino as ov
+
+                cls._core = ov.Core()
+            return cls._core
+
+    @classmethod
+    def supports_bf16(cls) -> bool:
+        try:
+            return "BF16" in cls.core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        except Exception:
+            return False
+
+
+def _read_verified(run_dir: Path, rel: str, manifest_files: dict, export_files: dict) -> bytes:
+    """The bytes of one IR file, after checking them against the manifest and export.json."""
+    entry, recorded = manifest_files.get(rel), export_files.get(rel)
+    if not entry or not recorded:
+        raise BackendError(f"{rel} is not listed in the run's manifest and export record: export again with "
+                           f"`python -m fmnist export {run_dir} --force`")
+    try:
+        data = (run_dir / rel).read_bytes()
+    except OSError as exc:
+        raise BackendError(f"cannot read {run_dir / rel}: {exc.strerror or exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != entry.get("bytes") or digest != entry.get("sha256") or digest != recorded.get("sha256"):
+        raise BackendError(f"refusing to load {run_dir}: {rel} does not match its recorded sha256 "
+                           "(truncated or modified after export)")
+    return data
+
+
+class OpenVINOBackend:
+    """An exported IR of a run on the CPU: `precision` fp32, int8 or bf16 (FP32 IR run in bf16)."""
+
+    device = "CPU"
+    _IR = {"fp32": "fp32", "int8": "int8", "bf16": "fp32"}
+
+    def __init__(self, run_dir: str | Path, precision: str = "fp32", chunk: int = CHUNK):
+        from fmnist import export as fexport
+        from fmnist.runs import MANIFEST, RunError, checked_run, read_json
+
+        if precision not in self._IR:
+            raise BackendError(f"unknown OpenVINO precision {precision!r}; choose fp32, int8 or bf16")
+        self.run_dir = Path(run_dir)
+        self.precision = precision
+        self.name = f"openvino-{precision}"
+        self.chunk = int(chunk)
+        if precision == "bf16" and not _Runtime.supports_bf16():
+            raise BackendError("this CPU has no bf16 support: use openvino-fp32 or openvino-int8")
+        try:
+            checked_run(self.run_dir)  # every file the manifest lists, IR included, by size and sha256
+        except RunError as exc:
+            raise BackendError(str(exc)) from exc
+        info = fexport.read_export_info(self.run_dir)
+        ir = self._IR[precision]
+        if not info or (ir == "int8" and not info.get("int8")):
+            flag = " --int8" if ir == "int8" else ""
+            raise BackendError(f"run {self.run_dir} has no OpenVINO {ir.upper()} export yet: run "
+                               f"`python -m fmnist export {self.run_dir}{flag}`")
+        manifest_files = read_json(self.run_dir / MANIFEST).get("files", {})
+        if info.get("source_sha256") != (manifest_files.get("model.keras") or {}).get("sha256"):
+            raise BackendError(f"the OpenVINO export of {self.run_dir} is older than its model.keras: run "
+                               f"`python -m fmnist export {self.run_dir} --force`")
+        self.source_files = fexport.IR_FILES[ir]
+        xml_rel, bin_rel = self.source_files
+        xml = _read_verified(self.run_dir, xml_rel, manifest_files, info.get("files") or {})
+        weights = _read_verified(self.run_dir, bin_rel, manifest_files, info.get("files") or {})
+        try:
+            self.model = _Runtime.core().read_model(model=xml, weights=weights)
+        except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line message
+            raise BackendError(f"OpenVINO cannot read {self.run_dir / xml_rel}: "
+                               f"{_first_line(exc)}") from exc
+        shapes = ([str(i.get_partial_shape()) for i in self.model.inputs],
+                  [str(o.get_partial_shape()) for o in self.model.outputs])
+        if shapes != (["[?,28,28,1]"], ["[?,10]"]):
+            raise BackendError(f"{self.run_dir / xml_rel} has inputs {shapes[0]} and outputs {shapes[1]}; "
+                               "expected [?,28,28,1] -> [?,10]")
+        self._compile_lock = threading.Lock()
+        self._batch_lock = threading.Lock()
+        self._latency = None
+        self._throughput = None
+        self._queue = None
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+
+    # -- compiled models (built on first use) --
+    def _config(self, hint: str) -> dict:
+        return {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
+
+    def _compile(self, hint: str):
+        try:
+            return _Runtime.core().compile_model(self.model, "CPU", self._config(hint))
+        except Exception as exc:
+            raise BackendError(f"OpenVINO cannot compile {self.name} for {self.run_dir}: {_first_line(exc)}") from exc
+
+    def latency_model(self):
+        with self._compile_lock:
+            if self._latency is None:
+                self._latency = self._compile("LATENCY")
+            return self._latency
+
+    def throughput_model(self):
+        with self._compile_lock:
+            if self._throughput is None:
+                import openvino as ov
+
+                self._throughput = self._compile("THROUGHPUT")
+                self._queue = ov.AsyncInferQueue(self._throughput)
+                self._queue.set_callback(self._collect)
+            return self._throughput
+
+    @staticmethod
+    def _collect(request, userdata) -> None:
+        out, start = userdata
+        result = request.get_output_tensor(0).data
+        out[start:start + len(result)] = result
+
+    # -- inference --
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(as_batch(images))
+        if len(x) == 0:
+            return np.zeros((0, 10), np.float32)
+        if len(x) <= SMALL_BATCH:
+            return self.predict_small(x)
+        return self.predict_batch(x)
+
+    def predict_small(self, x: np.ndarray) -> np.ndarray:
+        """Synchronous call tuned for latency; each concurrent caller gets its own infer request."""
+        compiled = self.latency_model()
+        try:
+            request = self._requests.get_nowait()
+        except queue.Empty:
+            request = compiled.create_infer_request()
+        try:
+            request.infer({0: x}, share_inputs=True, share_outputs=True)
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        finally:
+            self._requests.put(request)
+
+    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+        """Asynchronous chunks across all infer requests, tuned for throughput."""
+        self.throughput_model()
+        out = np.empty((len(x), 10), np.float32)
+        with self._batch_lock:
+            for start in range(0, len(x), self.chunk):
+                self._queue.start_async({0: x[start:start + self.chunk]}, (out, start))
+            self._queue.wait_all()
+        return out
+
+    def describe(self) -> dict:
+        info = {"name": self.name, "precision": self.precision, "device": self.device, "run": str(self.run_dir),
+                "ir": "/".join(self.source_files[0].split("/")[:-1]), "chunk": self.chunk}
+        for label, compiled in (("latency", self._latency), ("throughput", self._throughput)):
+            if compiled is not None:
+                info[label] = {k: _plain(compiled.get_property(k)) for k in
+                               ("PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "NUM_STREAMS",
+                                "INFERENCE_NUM_THREADS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS")}
+        return info
+
+
+def _plain(value):
+    """An OpenVINO property value as a JSON-ready value (ov.Type -> 'f32', enums -> names)."""
+    if isinstance(value, (int, float, str, bool)):
+        return value
+    if hasattr(value, "to_string"):
+        return value.to_string()
+    return str(getattr(value, "name", value))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # OpenVINO messages start with "Exception from src/...": the check that failed is more useful
+    useful = [line for line in lines if not line.startswith("Exception from")]
+    return (useful or lines or [type(exc).__name__])[0][:300]
+
+
+# ---------------------------------------------------------------------------------------------
+# registry
+
+
+def _create(run_dir: Path, name: str):
     if name == "keras":
-        return KerasBackend(run_dir)
-    raise BackendError(f"backend {name} is not available yet")
+        from fmnist.runs import RunError
+
+        try:
+            return KerasBackend(run_dir)
+        except RunError as exc:
+            raise BackendError(str(exc)) from exc
+    return OpenVINOBackend(run_dir, name.split("-", 1)[1])
+
+
+class BackendRegistry:
+    """Loaded backends (with their compiled models), keyed by (run path, backend name).
+
+    An entry is reused while the run's manifest.json is byte-identical and the files the backend
+    loaded have the same size and modification time as when they were verified; otherwise the
+    backend is loaded (and verified) again. At most `max_entries` backends are kept (LRU).
+    """
+
+    def __init__(self, max_entries: int = 12):
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, str], tuple[tuple, object]] = {}
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+
+    @staticmethod
+    def _fingerprint(run_dir: Path, files) -> tuple:
+        from fmnist.runs import MANIFEST
+
+        try:
+            parts = [hashlib.sha256((run_dir / MANIFEST).read_bytes()).hexdigest()]
+            for rel in files:
+                st = os.stat(run_dir / rel)
+                parts.append((rel, st.st_size, st.st_mtime_ns))
+        except OSError:
+            return ("missing",)
+        return tuple(parts)
+
+    def get(self, run_dir: str | Path, name: str):
+        run_dir = Path(run_dir)
+        key = (str(run_dir.resolve()), name)
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # one load per key at a time; other keys proceed
+            with self._lock:
+                cached = self._entries.get(key)
+            if cached is not None:
+                fingerprint, backend = cached
+                if self._fingerprint(run_dir, backend.source_files) == fingerprint:
+                    with self._lock:  # refresh LRU order
+                        self._entries.pop(key, None)
+                        self._entries[key] = cached
+                    return backend
+            before = self._fingerprint(run_dir, ())
+            backend = _create(run_dir, name)
+            fingerprint = self._fingerprint(run_dir, backend.source_files)
+            if fingerprint[:1] == before[:1]:  # don't cache when the manifest changed while loading
+                with self._lock:
+                    self._entries.pop(key, None)
+                    self._entries[key] = (fingerprint, backend)
+                    while len(self._entries) > self.max_entries:
+                        self._entries.pop(next(iter(self._entries)))
+            return backend
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+REGISTRY = BackendRegistry()
+
+
+def get_backend(run_dir: str | Path, name: str = "keras", cache: bool = True):
+    """A predictor for a run by backend name (BACKENDS, or openvino-bf16 where the CPU supports it).
+
+    Raises BackendError with a one-line reason (unknown name, no export, tampered or truncated file).
+    """
+    if name not in BACKENDS + OPTIONAL_BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if cache:
+        return REGISTRY.get(run_dir, name)
+    return _create(Path(run_dir), name)
+
+
+def backend_status(run_dir: str | Path) -> dict[str, str]:
+    """{backend name: "" if it can be loaded, else why not} without loading anything (cheap).
+
+    Checks only what the export recorded; get_backend still verifies every byte before loading.
+    """
+    from fmnist import export as fexport
+
+    run_dir = Path(run_dir)
+    info = fexport.read_export_info(run_dir)
+    status = {"keras": ""}
+    hint = f"not exported: run `python -m fmnist export {run_dir}`"
+    status["openvino-fp32"] = "" if info else hint
+    status["openvino-int8"] = "" if info and info.get("int8") else hint
+    if _Runtime.supports_bf16():
+        status["openvino-bf16"] = status["openvino-fp32"]
+    return status
