@@ -1,0 +1,268 @@
+"""`python -m fmnist bench infer [--run RUN] [--json]`: Keras vs OpenVINO on one run, measured here.
+
+Measures, on the test images:
+  * single-image latency (p50, p95, mean) of Keras `predict`, Keras `model(x)`, and every OpenVINO
+    backend's `predict_proba` on one image (its LATENCY-hint path, input conversion included);
+  * batch throughput in images/s on all test images for Keras `predict` (batch 1000, the Keras
+    backend's own setting) and every OpenVINO backend (THROUGHPUT hint, AsyncInferQueue), best of
+    `batch_repeats` timed runs after one warm-up run;
+  * each backend's test accuracy, top-1 agreement with Keras and the largest absolute probability
+    difference from Keras.
+
+`measure_backends(run_dir, images, labels, progress=None, ...)` does the work (the app calls it);
+`run(args)` is the CLI. The result is JSON-ready:
+
+    {
+      "run": str, "images": int,
+      "machine": {"cpu": str, "logical_cores": int, "bf16": bool, "openvino": str, "tensorflow": str, "keras": str},
+      "settings": {"latency_calls": int, "keras_predict_calls": int, "batch_repeats": int,
+                   "keras_batch_size": int, "openvino_chunk": int},
+      "latency": [{"method": "keras-predict" | "keras-call" | "openvino-fp32" | "openvino-int8" | "openvino-bf16",
+                   "label": str, "calls": int, "p50_ms": float, "p95_ms": float, "mean_ms": float}, ...],
+      "batch": [{"backend": "keras" | "openvino-fp32" | ..., "label": str, "precision": str,
+                 "images_per_s": float, "seconds": float, "speedup_vs_keras": float,
+                 "accuracy": float, "top1_agreement": float, "disagreements": int,
+                 "max_prob_diff": float}, ...],
+      "ratios": {"fp32_latency_vs_keras_call": float, "fp32_latency_vs_keras_predict": float,
+                 "fp32_throughput_vs_keras_predict": float, "int8_throughput_vs_fp32": float,
+                 "int8_accuracy_minus_fp32_points": float},   # keys present when both sides were measured
+      "skipped": {backend name: reason},
+      "seconds": float
+    }
+
+progress(fraction in 0..1, message) is called before every step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+LABELS = {
+    "keras-predict": "Keras predict", "keras-call": "Keras model(x)", "keras": "Keras predict",
+    "openvino-fp32": "OpenVINO FP32", "openvino-int8": "OpenVINO INT8", "openvino-bf16": "OpenVINO BF16",
+}
+KERAS_BATCH = 1000
+
+
+def _latency(fn: Callable[[np.ndarray], object], images: np.ndarray, calls: int, warmup: int = 5) -> dict:
+    for i in range(warmup):
+        fn(images[i % len(images)][None])
+    times = np.empty(calls)
+    for i in range(calls):
+        x = images[i % len(images)][None]
+        t0 = time.perf_counter()
+        fn(x)
+        times[i] = time.perf_counter() - t0
+    return {"calls": calls, "p50_ms": float(np.percentile(times, 50) * 1e3),
+            "p95_ms": float(np.percentile(times, 95) * 1e3), "mean_ms": float(times.mean() * 1e3)}
+
+
+def _throughput(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, repeats: int):
+    probs = fn(images)  # warm-up: compiles, allocates, traces
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        probs = fn(images)
+        best = min(best, time.perf_counter() - t0)
+    return np.asarray(probs, dtype=np.float32), best
+
+
+def machine_info() -> dict:
+    info = {"cpu": "", "logical_cores": os.cpu_count(), "bf16": False}
+    try:
+        import openvino as ov
+
+        from fmnist.backends import _Runtime
+
+        core = _Runtime.core()
+        info.update(cpu=str(core.get_property("CPU", "FULL_DEVICE_NAME")), bf16=_Runtime.supports_bf16(),
+                    openvino=ov.get_version().split("-")[0])
+    except Exception as exc:  # OpenVINO missing or broken: the Keras figures still stand
+        info["openvino"] = f"unavailable ({type(exc).__name__})"
+    try:
+        import keras
+        import tensorflow as tf
+
+        info.update(tensorflow=tf.__version__, keras=keras.__version__)
+    except Exception:
+        pass
+    return info
+
+
+def measure_backends(run_dir: str | Path, images: np.ndarray, labels: np.ndarray,
+                     progress: Callable[[float, str], None] | None = None, repeats: int = 200,
+                     batch_repeats: int = 3, keras_predict_calls: int = 30, include_bf16: bool = True) -> dict:
+    """Latency, throughput, accuracy and agreement of every backend of a run (see the module doc).
+
+    images: (N, 28, 28) uint8 test images; labels: (N,). repeats: single-image calls per method
+    (Keras predict makes at most keras_predict_calls, at ~50 ms each). Backends that cannot be
+    loaded (no export, tampered IR, no bf16 on this CPU) are listed in "skipped" with the reason.
+    """
+    from fmnist.backends import BackendError, get_backend
+
+    say = progress or (lambda fraction, message: None)
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if len(images) == 0 or len(images) != len(labels):
+        raise ValueError(f"need as many labels as images, got {len(images)} images and {len(labels)} labels")
+    x = images.astype(np.float32).reshape(-1, 28, 28, 1)
+    machine = machine_info()
+    names = ["openvino-fp32", "openvino-int8"] + (["openvino-bf16"] if include_bf16 and machine["bf16"] else [])
+    say(0.0, "loading the Keras model")
+    keras_backend = get_backend(run_dir, "keras")
+    model = keras_backend.model
+    backends, skipped = {}, {}
+    for name in names:
+        say(0.02, f"loading {LABELS[name]}")
+        try:
+            backends[name] = get_backend(run_dir, name)
+        except BackendError as exc:
+            skipped[name] = str(exc)
+    n_calls = max(1, int(repeats))
+    steps = 2 + len(backends)  # latency steps, then the same number of batch steps
+    latency, batch = [], []
+
+    def keras_predict(batch_x):
+        return model.predict(batch_x, batch_size=KERAS_BATCH, verbose=0)
+
+    def keras_call(batch_x):
+        return np.asarray(model(batch_x, training=False))
+
+    with keras_backend._lock:  # Keras is not thread-safe: keep app threads off it while measuring
+        say(0.05, f"single-image latency: Keras predict ({min(n_calls, keras_predict_calls)} calls)")
+        latency.append({"method": "keras-predict", "label": LABELS["keras-predict"],
+                        **_latency(keras_predict, x, min(n_calls, keras_predict_calls), warmup=3)})
+        say(0.05 + 0.45 / steps, f"single-image latency: Keras model(x) ({n_calls} calls)")
+        latency.append({"method": "keras-call", "label": LABELS["keras-call"], **_latency(keras_call, x, n_calls)})
+    for i, (name, backend) in enumerate(backends.items()):
+        say(0.05 + 0.45 * (2 + i) / steps, f"single-image latency: {LABELS[name]} ({n_calls} calls)")
+        latency.append({"method": name, "label": LABELS[name], **_latency(backend.predict_proba, x, n_calls)})
+
+    say(0.5, f"batch: Keras predict on {len(x):,} images ({batch_repeats} timed runs)")
+    with keras_backend._lock:
+        ref, seconds = _throughput(keras_predict, x, batch_repeats)
+    rows = [("keras", "fp32", ref, seconds)]
+    for i, (name, backend) in enumerate(backends.items()):
+        say(0.5 + 0.5 * (1 + i) / (1 + len(backends)), f"batch: {LABELS[name]} on {len(x):,} images")
+        probs, seconds = _throughput(backend.predict_proba, x, batch_repeats)
+        rows.append((name, backend.precision, probs, seconds))
+    keras_ips = len(x) / rows[0][3]
+    for name, precision, probs, seconds in rows:
+        agree = probs.argmax(1) == ref.argmax(1)
+        batch.append({
+            "backend": name, "label": LABELS[name], "precision": precision,
+            "images_per_s": len(x) / seconds, "seconds": seconds,
+            "speedup_vs_keras": (len(x) / seconds) / keras_ips,
+            "accuracy": float(np.mean(probs.argmax(1) == labels)),
+            "top1_agreement": float(agree.mean()), "disagreements": int((~agree).sum()),
+            "max_prob_diff": float(np.abs(probs - ref).max()),
+        })
+    say(1.0, "done")
+    lat = {row["method"]: row for row in latency}
+    bat = {row["backend"]: row for row in batch}
+    ratios = {}
+    if "openvino-fp32" in lat:
+        ratios["fp32_latency_vs_keras_call"] = lat["keras-call"]["p50_ms"] / lat["openvino-fp32"]["p50_ms"]
+        ratios["fp32_latency_vs_keras_predict"] = lat["keras-predict"]["p50_ms"] / lat["openvino-fp32"]["p50_ms"]
+        ratios["fp32_throughput_vs_keras_predict"] = bat["openvino-fp32"]["speedup_vs_keras"]
+        if "openvino-int8" in bat:
+            ratios["int8_throughput_vs_fp32"] = (bat["openvino-int8"]["images_per_s"]
+                                                 / bat["openvino-fp32"]["images_per_s"])
+            ratios["int8_accuracy_minus_fp32_points"] = (bat["openvino-int8"]["accuracy"]
+                                                         - bat["openvino-fp32"]["accuracy"]) * 100
+    return {
+        "run": str(run_dir), "images": int(len(x)), "machine": machine,
+        "settings": {"latency_calls": n_calls, "keras_predict_calls": min(n_calls, keras_predict_calls),
+                     "batch_repeats": int(batch_repeats), "keras_batch_size": KERAS_BATCH,
+                     "openvino_chunk": next(iter(backends.values())).chunk if backends else None},
+        "latency": latency, "batch": batch, "ratios": ratios, "skipped": skipped,
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+def format_report(result: dict) -> str:
+    """The measured tables as text (the same table docs/openvino.md shows)."""
+    m = result["machine"]
+    lines = [f"run {result['run']}  ({result['images']:,} test images)",
+             f"CPU: {m.get('cpu') or '?'}, {m.get('logical_cores')} logical cores; OpenVINO {m.get('openvino')}, "
+             f"TensorFlow {m.get('tensorflow')}, Keras {m.get('keras')}", "",
+             f"{'Single image':<18} {'p50 ms':>9} {'p95 ms':>9} {'calls':>6}"]
+    for row in result["latency"]:
+        lines.append(f"{row['label']:<18} {row['p50_ms']:>9.3f} {row['p95_ms']:>9.3f} {row['calls']:>6}")
+    lines += ["", f"{'Batch':<18} {'images/s':>10} {'vs Keras':>9} {'accuracy':>9} {'agreement':>10} {'max |dp|':>9}"]
+    for row in result["batch"]:
+        lines.append(f"{row['label']:<18} {row['images_per_s']:>10,.0f} {row['speedup_vs_keras']:>8.2f}x "
+                     f"{row['accuracy'] * 100:>8.2f}% {row['top1_agreement'] * 100:>9.2f}% {row['max_prob_diff']:>9.1e}")
+    r = result["ratios"]
+    if r:
+        lines.append("")
+        lines.append(f"OpenVINO FP32 single image: {r['fp32_latency_vs_keras_call']:.1f}x faster than Keras model(x), "
+                     f"{r['fp32_latency_vs_keras_predict']:.0f}x faster than Keras predict")
+        lines.append(f"OpenVINO FP32 batch: {r['fp32_throughput_vs_keras_predict']:.2f}x Keras predict")
+        if "int8_throughput_vs_fp32" in r:
+            lines.append(f"OpenVINO INT8 batch: {r['int8_throughput_vs_fp32']:.2f}x FP32, accuracy "
+                         f"{r['int8_accuracy_minus_fp32_points']:+.2f} points vs FP32")
+    for name, reason in result["skipped"].items():
+        lines.append(f"skipped {name}: {reason}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--run", help="run name or path (default: the shipped model, else the newest run)")
+    parser.add_argument("--runs-dir")
+    parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: $FMNIST_DATA_DIR, then the Keras cache)")
+    parser.add_argument("--repeats", type=int, default=200,
+                        help="single-image calls per method (Keras predict: at most 30)")
+    parser.add_argument("--batch-repeats", type=int, default=3, help="timed runs over the test set (best kept)")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the optional OpenVINO BF16 row")
+    parser.add_argument("--no-export", action="store_true",
+                        help="don't export a run that has no OpenVINO IR yet (its OpenVINO rows are skipped)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args) -> int:
+    from fmnist import data as fdata
+    from fmnist.cli import CLIError
+    from fmnist.runs import RunError, checked_run, resolve_run
+
+    if args.repeats < 1 or args.batch_repeats < 1:
+        raise CLIError("--repeats and --batch-repeats must be at least 1")
+    try:
+        run_dir = resolve_run(args.run, args.runs_dir)
+        checked_run(run_dir)
+    except RunError as exc:
+        raise CLIError(str(exc))
+    try:
+        dataset = fdata.load_fashion_mnist(args.data_dir, download=False)
+    except fdata.DataError as exc:
+        raise CLIError(str(exc))
+
+    def progress(fraction: float, message: str) -> None:
+        print(f"[{fraction * 100:3.0f}%] {message}...", file=sys.stderr, flush=True)
+
+    if not args.no_export:
+        from fmnist import export as fexport
+
+        if not fexport.is_exported(run_dir):
+            progress(0.0, f"{run_dir} has no up-to-date OpenVINO export; exporting it first")
+            try:
+                fexport.export_run(run_dir, calibration_images=None, data_dir=args.data_dir,
+                                   progress=lambda message: progress(0.0, message))
+            except (fexport.ExportError, RunError) as exc:
+                raise CLIError(f"export failed: {str(exc).splitlines()[0] if str(exc) else exc}")
+    result = measure_backends(run_dir, dataset.x_test, dataset.y_test, progress=progress, repeats=args.repeats,
+                              batch_repeats=args.batch_repeats, include_bf16=not args.no_bf16)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_report(result))
+    return 0
