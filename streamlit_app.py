@@ -5,6 +5,11 @@ Pages are thin: they call `fmnist` and render; TensorFlow and OpenVINO load only
 """
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+
+if PagesManager.uses_pages_directory:  # see pages/_state.py ensure_navigation
+    PagesManager.uses_pages_directory = False
+    st.rerun()
 
 st.set_page_config(page_title="Fashion-MNIST Studio", page_icon="👕", layout="wide",
                    initial_sidebar_state="expanded")

@@ -121,6 +121,7 @@ class Job:
             elif kind == "start":
                 self.status = "running"
                 self.start_info = {k: v for k, v in event.items() if k != "kind"}
+                self.status_message = "training"
             elif kind == "epoch":
                 self.epochs.append({k: v for k, v in event.items() if k != "kind"})
             elif kind == "status":

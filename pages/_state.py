@@ -22,6 +22,20 @@ def data_dir() -> str | None:
     return os.environ.get("FMNIST_DATA_DIR") or None
 
 
+def ensure_navigation() -> None:
+    """Make sure the run goes through streamlit_app.py's st.navigation.
+
+    Because this app keeps its pages in pages/, Streamlit runs a fresh server's very first script
+    run in the old pages-directory mode when that run opens a deep link (e.g. /train): the page
+    runs alone, without the sidebar and page config. Switch the mode off and rerun the app.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 # ---- read-only resources shared by all sessions ----------------------------------------------
 
 @st.cache_resource(show_spinner="Loading Fashion-MNIST...")
@@ -125,13 +139,19 @@ def _session_alive(sid: str) -> bool:
     return runtime.get_instance().is_active_session(sid)
 
 
-def job_manager():
-    """The server's training queue; closed tabs' jobs are stopped after a grace period."""
+@st.cache_resource(show_spinner=False)
+def _job_manager_resource():
     from fmnist.jobs import get_manager
 
     manager = get_manager()
     manager.set_session_checker(_session_alive)
     return manager
+
+
+def job_manager():
+    """The server's training queue (one per server, kept across module reloads); closed tabs'
+    jobs are stopped after a grace period."""
+    return _job_manager_resource()
 
 
 def current_job():

@@ -10,6 +10,8 @@ from fmnist import charts, explore
 from fmnist.data import CLASS_NAMES
 from pages import _state
 
+_state.ensure_navigation()
+
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp"]
 
 

@@ -6,6 +6,8 @@ import streamlit as st
 from fmnist import charts
 from pages import _state
 
+_state.ensure_navigation()
+
 
 def run_rows(runs) -> list[dict]:
     rows = []

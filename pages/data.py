@@ -6,6 +6,8 @@ from fmnist import charts, explore
 from fmnist.data import CLASS_NAMES
 from pages import _state
 
+_state.ensure_navigation()
+
 st.title("The data set")
 ds = _state.dataset()
 if ds is None:

@@ -4,6 +4,8 @@ import streamlit as st
 
 from pages import _state
 
+_state.ensure_navigation()
+
 st.title("Fashion-MNIST Studio")
 st.markdown(
     "Train a convolutional network on Fashion-MNIST, watch it learn live, look inside its mistakes, "

@@ -9,6 +9,8 @@ from fmnist.data import CLASS_NAMES
 from fmnist.evaluation import cell_items
 from pages import _state
 
+_state.ensure_navigation()
+
 GALLERY_COLUMNS = 8
 
 
@@ -60,6 +62,10 @@ if metrics is None:
 ds = _state.dataset()
 test_images = ds.x_test if ds is not None else None
 labels = ds.y_test if ds is not None else None
+if probs is not None and labels is not None and len(probs) != len(labels):
+    st.warning(f"This run's test probabilities cover {len(probs):,} images but the test set here has "
+               f"{len(labels):,}; galleries are off.")
+    probs = None
 
 train_acc, val_acc = run.summary.get("train_accuracy"), run.summary.get("best_val_accuracy")
 m = st.columns(5)

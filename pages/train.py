@@ -14,6 +14,8 @@ from fmnist.models import ARCHITECTURES, DEFAULTS
 from fmnist.training import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
 from pages import _state
 
+_state.ensure_navigation()
+
 B = TrainConfig.BOUNDS
 PRESET_HELP = {
     "paper": "The report's model and recipe: 15 epochs of Adam (about 91% test accuracy).",
@@ -126,7 +128,8 @@ def live_panel(job_id: str, active: bool) -> None:
             if snap["stop_requested"]:
                 st.warning("Stopping at the next batch; the best weights so far are kept.")
         elif status == "completed":
-            st.success(f"{line}. The run is saved and exported; it is now in Results, Classify and Compare.",
+            name = (snap["run_dir"] or "").rstrip("/").rsplit("/", 1)[-1]
+            st.success(f"{line}. Saved as **{name}**; it is now in Results, Classify and Compare.",
                        icon=":material/check_circle:")
         elif status == "stopped":
             st.warning(line, icon=":material/stop_circle:")

@@ -1,0 +1,262 @@
+"""Browser tests: a real `streamlit run` server driven by Playwright in Debian's Chromium.
+
+One server is shared by the whole module (FMNIST_RUNS_DIR points at a temporary folder). The
+tests need the real Fashion-MNIST files (FMNIST_DATA_DIR) and Chromium; they skip without them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+DATA_DIR = os.environ.get("FMNIST_DATA_DIR")
+ERRORS = "[data-testid='stException'], [data-testid='stAlertContentError']"
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+           "Ankle boot")
+
+if CHROMIUM is None:
+    pytest.skip("Chromium is not installed", allow_module_level=True)
+if not DATA_DIR or not Path(DATA_DIR).is_dir():
+    pytest.skip("FMNIST_DATA_DIR with the Fashion-MNIST files is needed", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    port = free_port()
+    env = {**os.environ, "FMNIST_RUNS_DIR": str(runs), "FMNIST_DATA_DIR": str(Path(DATA_DIR).resolve())}
+    log = open(runs.parent / f"streamlit-{port}.log", "wb")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port",
+                             str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not start; see {log.name}")
+            time.sleep(0.2)
+        yield {"url": url, "runs": runs, "t0": t0, "proc": proc}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, url: str, width: int = 1400):
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    wait_idle(page)
+    return page
+
+
+def wait_idle(page, timeout: float = 60.0) -> None:
+    """Until the app has rendered and its script is no longer running."""
+    page.wait_for_selector("[data-testid='stApp']")
+    page.wait_for_selector("h1", timeout=timeout * 1000)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                           timeout=timeout * 1000)
+    time.sleep(0.3)
+
+
+def assert_no_errors(page) -> None:
+    errors = page.locator(ERRORS).all_inner_texts()
+    assert not errors, errors
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_cold_start_and_every_page_renders(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server["url"])
+    page.wait_for_selector("h1", timeout=30_000)
+    cold = time.monotonic() - server["t0"]
+    print(f"cold start to first rendered page: {cold:.1f}s")
+    assert cold < 20  # <= 5 s on an idle machine; loose here for a loaded CI machine
+    for path in ("", "data", "train", "results", "classify", "compare"):
+        page.goto(f"{server['url']}/{path}")
+        wait_idle(page)
+        assert_no_errors(page)
+        assert page.locator("h1").first.inner_text()
+    page.close()
+
+
+def _set_number(page, key: str, value) -> None:
+    box = page.locator(f".st-key-{key} input")
+    box.fill(str(value))
+    box.press("Enter")
+    wait_idle(page)
+
+
+def _start_training(page, epochs: int, limit: int) -> None:
+    page.get_by_text("custom", exact=True).click()
+    wait_idle(page)
+    _set_number(page, "train_custom_epochs", epochs)
+    _set_number(page, "train_custom_limit", limit)
+    page.get_by_role("button", name="Start training").click()
+
+
+def _batches_drawn(page) -> int:
+    """Points in the live per-batch chart (plotly's rendered trace)."""
+    return page.evaluate("""() => {
+        const el = document.querySelector('.st-key-live_batches .js-plotly-plot');
+        if (!el || !el.data || !el.data.length) return 0;
+        return el.data[0].x.length; }""")
+
+
+def test_training_live_chart_then_results_and_confusion_gallery(server, browser):
+    page = open_page(browser, f"{server['url']}/train")
+    _start_training(page, epochs=1, limit=1000)
+    page.wait_for_function("() => document.querySelector('.st-key-live_batches .js-plotly-plot')", timeout=120_000)
+    first = _batches_drawn(page)
+    page.wait_for_function(f"() => {{ const el = document.querySelector('.st-key-live_batches .js-plotly-plot');"
+                           f" return el && el.data[0].x.length > {first}; }}", timeout=60_000)
+    done = page.get_by_text(re.compile(r"Finished: test accuracy"))
+    done.wait_for(timeout=240_000)
+    text = page.locator("[data-testid='stAlertContentSuccess']").inner_text()
+    name = re.search(r"Saved as (\S+?);", text).group(1)
+    assert_no_errors(page)
+
+    # the run appears in Results: choose it in the sidebar and click a confusion-matrix cell
+    page.goto(f"{server['url']}/results")
+    wait_idle(page)
+    page.locator(".st-key-current_run").click()
+    page.get_by_role("option", name=re.compile(re.escape(name))).click()
+    wait_idle(page)
+    assert name in page.locator("[data-testid='stCaptionContainer']").first.inner_text()
+    page.get_by_role("tab", name="Confusion matrix").click()
+    chart = page.locator(".st-key-res_confusion_" + name.replace(".", "-") + " .js-plotly-plot")
+    chart.wait_for()
+    # click the diagonal cell of the first class: the largest one, so it always has images
+    box = chart.locator(".nsewdrag").first.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.05, box["y"] + box["height"] * 0.05)
+    page.get_by_text(re.compile(r"True T-shirt/top predicted as T-shirt/top: [\d,]+ images")).wait_for(timeout=30_000)
+    wait_idle(page)
+    assert page.get_by_text(re.compile(r"Showing \d+ of \d+")).count() >= 1
+    assert_no_errors(page)
+    page.close()
+
+
+def _classify_upload(page, image: np.ndarray, name: str) -> tuple[str, float]:
+    """Upload one PNG on the Classify page; returns (predicted class, seconds to the answer)."""
+    t0 = time.monotonic()
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(
+        files=[{"name": name, "mimeType": "image/png", "buffer": png_bytes(image)}])
+    page.get_by_text("Model input (28x28)").first.wait_for(timeout=60_000)
+    seconds = time.monotonic() - t0
+    wait_idle(page)
+    return page.locator("h3").first.inner_text(), seconds
+
+
+def test_upload_draw_and_sessions_during_training_with_stop(server, browser):
+    """One session trains (through widget clicks and a page switch) while two others classify:
+    no errors, no cross-talk, answers within 2 s; then Stop stops the training."""
+    from fmnist.data import load_fashion_mnist
+
+    ds = load_fashion_mnist(DATA_DIR)
+    trainer = open_page(browser, f"{server['url']}/train")
+    _start_training(trainer, epochs=30, limit=3000)
+    trainer.wait_for_function("() => document.querySelector('.st-key-live_batches .js-plotly-plot')",
+                              timeout=120_000)
+
+    # two other sessions classify different images while the training runs
+    pages, answers = [], []
+    for idx in (0, 1):
+        p = open_page(browser, f"{server['url']}/classify")
+        pages.append(p)
+    seconds = []
+    for i, p in enumerate(pages):
+        image = ds.x_test[i]
+        label, s = _classify_upload(p, 255 - image, f"session{i}.png")  # dark item on white, like a photo
+        seconds.append(s)
+        answers.append(label)
+        assert label in CLASSES
+        assert p.get_by_text(f"session{i}.png").count() == 1
+        assert p.get_by_text(f"session{1 - i}.png").count() == 0  # no cross-talk between sessions
+        assert_no_errors(p)
+    print(f"classification during training: {[round(s, 2) for s in seconds]} s")
+    assert max(seconds) < 2.0 + 3.0  # 2 s target; slack for the first model load in a busy CI
+
+    # drawing strokes on the canvas shows a prediction
+    drawer = pages[0]
+    drawer.get_by_role("tab", name="Draw").click()
+    canvas = drawer.locator("canvas.upper-canvas").first
+    canvas.wait_for()
+    box = canvas.bounding_box()
+    drawer.mouse.move(box["x"] + 80, box["y"] + 60)
+    drawer.mouse.down()
+    for k in range(12):
+        drawer.mouse.move(box["x"] + 80 + k * 10, box["y"] + 60 + k * 12)
+    drawer.mouse.up()
+    drawer.locator(".st-key-bars_draw").wait_for(timeout=30_000)
+    assert_no_errors(drawer)
+
+    # the trainer clicks widgets and leaves the page; the training keeps going
+    before = _batches_drawn(trainer)
+    for _ in range(5):
+        trainer.get_by_text("paper", exact=True).click()
+        trainer.get_by_text("custom", exact=True).click()
+    trainer.get_by_role("link", name="Data").click()
+    wait_idle(trainer)
+    trainer.get_by_role("link", name="Train").click()
+    trainer.wait_for_function(f"() => {{ const el = document.querySelector('.st-key-live_batches .js-plotly-plot');"
+                              f" return el && el.data[0].x.length > {before}; }}", timeout=60_000)
+    assert trainer.get_by_role("button", name="Stop").is_enabled()
+
+    # Stop stops: within a batch, then the best weights are saved as a stopped run
+    t0 = time.monotonic()
+    trainer.get_by_role("button", name="Stop").click()
+    trainer.get_by_text(re.compile(r"^Stopped:")).wait_for(timeout=180_000)
+    print(f"stop to saved run: {time.monotonic() - t0:.1f}s")
+    assert_no_errors(trainer)
+    for p in (trainer, *pages):
+        p.close()
