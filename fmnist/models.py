@@ -94,7 +94,8 @@ def build_model(arch: str = "paper", widths: tuple[int, ...] | list[int] | None 
         for stage, width in enumerate(widths, start=1):
             for j in (1, 2):
                 x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{stage}_{j}")(x)
-                x = layers.BatchNormalization(name=f"bn{stage}_{j}")(x)
+                # momentum 0.9: short CPU runs (a few hundred steps) need moving statistics that settle
+                x = layers.BatchNormalization(momentum=0.9, name=f"bn{stage}_{j}")(x)
                 x = layers.ReLU(name=f"relu{stage}_{j}")(x)
             if stage < len(widths):
                 x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)

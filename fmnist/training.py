@@ -221,19 +221,21 @@ def make_train_dataset(x: np.ndarray, y: np.ndarray, config: TrainConfig):
     ds = ds.shuffle(n, seed=config.seed, reshuffle_each_iteration=True).batch(config.batch_size)
     flip, shift = config.augment_flip, int(config.augment_shift)
 
-    def prepare(images, labels):
+    def prepare(images, labels, seeds):
+        # Stateless random ops keyed by a seeded stream: the same seed gives the same augmentation,
+        # whatever ran before in this process (stateful tf.random ops depend on graph op counters).
         images = tf.cast(images, tf.float32)
+        b = tf.shape(images)[0]
         if flip:
             mirrored = tf.reverse(images, axis=[2])
-            coin = tf.random.uniform([tf.shape(images)[0], 1, 1, 1]) < 0.5
+            coin = tf.random.stateless_uniform([b, 1, 1, 1], seed=seeds[0]) < 0.5
             images = tf.where(coin, mirrored, images)
         if shift:
             size = 28 + 2 * shift
             padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]])
             # one random crop offset per image, gathered in a single vectorised op
-            b = tf.shape(images)[0]
-            dy = tf.random.uniform([b], 0, 2 * shift + 1, dtype=tf.int32)
-            dx = tf.random.uniform([b], 0, 2 * shift + 1, dtype=tf.int32)
+            dy = tf.random.stateless_uniform([b], seeds[1], 0, 2 * shift + 1, dtype=tf.int32)
+            dx = tf.random.stateless_uniform([b], seeds[2], 0, 2 * shift + 1, dtype=tf.int32)
             rows = dy[:, None] + tf.range(28)[None, :]
             cols = dx[:, None] + tf.range(28)[None, :]
             flat = tf.reshape(padded, [b, size * size])
@@ -241,6 +243,9 @@ def make_train_dataset(x: np.ndarray, y: np.ndarray, config: TrainConfig):
             images = tf.reshape(tf.gather(flat, tf.reshape(index, [b, -1]), batch_dims=1), [b, 28, 28, 1])
         return images, tf.one_hot(labels, 10)
 
+    seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True).batch(6).map(
+        lambda v: tf.reshape(v, [3, 2]))
+    ds = tf.data.Dataset.zip(ds, seeds).map(lambda batch, s: (*batch, s))
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 

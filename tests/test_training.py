@@ -1,0 +1,99 @@
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from fmnist.runs import list_runs, load_history, verify_run
+from fmnist.training import PRESETS, TrainConfig, preset_config, train
+
+
+def test_one_epoch_emits_batch_epoch_and_finished_events(tiny_dataset, tmp_path):
+    events = []
+    result = train(TrainConfig(arch="paper", epochs=1, batch_size=64), tiny_dataset,
+                   listeners=[events.append], runs_root=tmp_path, export=False)
+    kinds = [e["kind"] for e in events]
+    assert result.status == "completed"
+    assert kinds.count("start") == 1 and kinds[-1] == "finished"
+    batches = [e for e in events if e["kind"] == "batch"]
+    steps = math.ceil(len(tiny_dataset.x_train) * 0.9 / 64)
+    assert len(batches) == steps and batches[-1]["global_step"] == steps
+    assert all(np.isfinite(b["loss"]) and 0 <= b["accuracy"] <= 1 for b in batches)
+    (epoch,) = [e for e in events if e["kind"] == "epoch"]
+    assert 0 <= epoch["val_accuracy"] <= 1 and epoch["val_loss"] > 0
+    history = load_history(result.run_dir)
+    assert len(history["batches"]) == steps and history["epochs"][0]["epoch"] == 1
+    info = verify_run(result.run_dir)
+    assert info.status == "completed" and info.reason == ""
+
+
+def test_stop_request_is_honoured_at_the_next_batch(tiny_dataset, tmp_path):
+    stop = threading.Event()
+    events = []
+
+    def listener(event):
+        events.append(event)
+        if event["kind"] == "batch" and event["global_step"] == 2:
+            stop.set()
+
+    result = train(TrainConfig(arch="paper", epochs=5, batch_size=32), tiny_dataset,
+                   listeners=[listener], stop_event=stop, runs_root=tmp_path, export=False)
+    batches = [e for e in events if e["kind"] == "batch"]
+    assert result.status == "stopped"
+    assert len(batches) == 2  # requested while batch 2 was reported: no batch 3 runs
+    assert events[-1]["kind"] == "stopped"
+    (info,) = list_runs(tmp_path, include_default=False)
+    assert info.status == "stopped" and info.usable
+    assert info.summary["test_accuracy"] is not None
+
+
+def test_same_seed_gives_the_same_model(tiny_dataset):
+    config = TrainConfig(arch="paper", epochs=1, batch_size=64, seed=7, augment_flip=True, augment_shift=2)
+    a = train(config, tiny_dataset, save=False, export=False)
+    b = train(config, tiny_dataset, save=False, export=False)
+    losses_a = [x["loss"] for x in a.history["batches"]]
+    losses_b = [x["loss"] for x in b.history["batches"]]
+    assert np.allclose(losses_a, losses_b, rtol=1e-3)
+    assert a.metrics["test_accuracy"] == b.metrics["test_accuracy"]
+
+
+def test_a_failing_listener_ends_as_a_failed_run_with_a_message(tiny_dataset, tmp_path):
+    def broken(event):
+        if event["kind"] == "epoch":
+            raise RuntimeError("listener exploded")
+
+    events = []
+    result = train(TrainConfig(arch="paper", epochs=1, batch_size=64), tiny_dataset,
+                   listeners=[events.append, broken], runs_root=tmp_path, export=False)
+    assert result.status == "failed" and "listener exploded" in result.message
+    (info,) = list_runs(tmp_path, include_default=False)
+    assert info.status == "failed" and not info.usable
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("epochs", 10**6, "epochs must be between"),
+    ("batch_size", 0, "batch_size must be between"),
+    ("learning_rate", float("nan"), "finite"),
+    ("arch", "os.system", "unknown architecture"),
+    ("optimizer", "lbfgs", "unknown optimizer"),
+    ("widths", [1, 2], "widths"),
+    ("dropout", 1.5, "dropout"),
+])
+def test_config_bounds(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_config_round_trip_and_unknown_keys():
+    config = preset_config("fast")
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown config field"):
+        TrainConfig.from_dict({**config.to_dict(), "class_name": "Lambda"})
+
+
+def test_presets_are_valid_and_paper_is_the_report_recipe():
+    for name in PRESETS:
+        preset_config(name)
+    paper = preset_config("paper")
+    assert (paper.arch, paper.epochs, paper.batch_size, paper.optimizer) == ("paper", 15, 150, "adam")
+    assert paper.val_fraction > 0  # validated on held-out training data, not on the test set
