@@ -36,6 +36,8 @@ REQUIRED = ("config.json", "history.json", "model.keras", STATUS)
 STAGING_PREFIX = ".staging-"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default-model"
 DEFAULT_NAME = "default"
+BUNDLES = ("openvino",)  # sub-folders added after training, each committed by one rename
+BUNDLE_MANIFEST = "bundle-manifest.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 
 
@@ -52,6 +54,7 @@ class RunInfo:
     config: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)  # test/val accuracy, params, seconds, created
     is_default: bool = False
+    bundles: dict = field(default_factory=dict)  # e.g. {"openvino": "ok"} or {"openvino": reason}
 
     @property
     def usable(self) -> bool:
@@ -207,6 +210,8 @@ def verify_run(path: str | os.PathLike) -> RunInfo:
                 info.reason = f"manifest does not list {req}"
                 return info
         for rel, entry in files.items():
+            if Path(rel).parts[0] in BUNDLES:
+                continue  # verified below against the bundle's own manifest
             target = path / rel
             if ".." in Path(rel).parts or not target.resolve().is_relative_to(path.resolve()):
                 info.reason = f"manifest names a path outside the run: {rel}"
@@ -222,9 +227,14 @@ def verify_run(path: str | os.PathLike) -> RunInfo:
                 return info
         for extra in path.rglob("*"):
             rel = extra.relative_to(path).as_posix()
+            if extra.relative_to(path).parts[0] in BUNDLES:
+                continue
             if extra.is_file() and rel not in files and extra.name != MANIFEST and not extra.name.startswith("."):
                 info.reason = f"unexpected file {rel} that Fashion-MNIST Studio did not write"
                 return info
+        for bundle in BUNDLES:
+            if (path / bundle).exists():
+                info.bundles[bundle] = verify_bundle(path / bundle)
         status = read_json(path / STATUS)
         info.config = read_json(path / "config.json")
         info.status = str(status.get("status", "broken"))
@@ -318,22 +328,103 @@ def load_test_probs(path: str | os.PathLike) -> np.ndarray:
     return np.load(Path(path) / "test_probs.npy", allow_pickle=False)
 
 
-def add_files(run_dir: str | os.PathLike, files: dict[str, bytes | Path]) -> None:
-    """Add or replace files in a finished run (e.g. OpenVINO IR), then rewrite the manifest.
+def verify_bundle(folder: Path) -> str:
+    """'ok', or why a bundle folder (e.g. RUN/openvino) does not match its own manifest."""
+    try:
+        manifest = read_json(folder / BUNDLE_MANIFEST)
+        files = manifest["files"]
+        for rel, entry in files.items():
+            target = folder / rel
+            if ".." in Path(rel).parts or not target.is_file():
+                return f"{folder.name}/{rel} is missing"
+            if target.stat().st_size != entry["bytes"] or sha256_file(target) != entry["sha256"]:
+                return f"{folder.name}/{rel} was modified after it was written (sha256 mismatch)"
+        for extra in folder.rglob("*"):
+            rel = extra.relative_to(folder).as_posix()
+            if extra.is_file() and rel not in files and extra.name != BUNDLE_MANIFEST:
+                return f"unexpected file {folder.name}/{rel} that Fashion-MNIST Studio did not write"
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        return f"{folder.name}: no valid {BUNDLE_MANIFEST} ({type(exc).__name__})"
+    return "ok"
 
-    Each file goes to a temporary name, is fsynced and renamed; the manifest is replaced last, so
-    a crash leaves either the old verified state or the new one (stray files are ignored as
-    dot-files or flagged as unexpected until the manifest lists them).
+
+def verified_file(run_dir: str | os.PathLike, rel: str) -> Path:
+    """Path of a file inside a run after checking its sha256 against the manifest that covers it."""
+    run_dir = Path(run_dir)
+    parts = Path(rel).parts
+    if ".." in parts or Path(rel).is_absolute():
+        raise RunError(f"invalid file name {rel!r}")
+    if parts[0] in BUNDLES:
+        folder, inner = run_dir / parts[0], Path(*parts[1:]).as_posix()
+        manifest_path = folder / BUNDLE_MANIFEST
+    else:
+        folder, inner, manifest_path = run_dir, rel, run_dir / MANIFEST
+    try:
+        entry = read_json(manifest_path)["files"][inner]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{rel} is not listed in the run's manifest ({type(exc).__name__}); "
+                       "export it again") from exc
+    target = folder / inner
+    if not target.is_file():
+        raise RunError(f"{rel} is missing from {run_dir}")
+    if target.stat().st_size != entry.get("bytes") or sha256_file(target) != entry.get("sha256"):
+        raise RunError(f"refusing to load {rel}: it was modified after it was written (sha256 mismatch)")
+    return target
+
+
+def add_files(run_dir: str | os.PathLike, files: dict[str, bytes | Path]) -> None:
+    """Add or replace files of a bundle (e.g. "openvino/fp32/model.xml") in a finished run.
+
+    Each bundle folder is rebuilt in a hidden staging folder (old files it keeps + the new ones,
+    each fsynced, plus its own manifest) and swapped in by rename, so a crash leaves either the
+    old bundle, the new one, or none (export again) and never a half-written one. The run's
+    manifest is updated afterwards for information; bundles are verified against their own.
     """
     run_dir = Path(run_dir)
-    info = checked_run(run_dir)
-    del info
-    manifest = read_json(run_dir / MANIFEST)
+    checked_run(run_dir)
+    groups: dict[str, dict[str, bytes | Path]] = {}
     for rel, content in files.items():
-        if ".." in Path(rel).parts or Path(rel).is_absolute():
-            raise RunError(f"invalid file name {rel!r}")
-        data = Path(content).read_bytes() if isinstance(content, Path) else content
-        target = run_dir / rel
-        atomic_write_bytes(target, data)
-        manifest["files"][rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    atomic_write_json(run_dir / MANIFEST, manifest)
+        parts = Path(rel).parts
+        if ".." in parts or Path(rel).is_absolute() or len(parts) < 2 or parts[0] not in BUNDLES:
+            raise RunError(f"invalid file name {rel!r}: files can be added under {', '.join(BUNDLES)}/ only")
+        groups.setdefault(parts[0], {})[Path(*parts[1:]).as_posix()] = content
+    for bundle, entries in groups.items():
+        folder = run_dir / bundle
+        staging = run_dir / f"{STAGING_PREFIX}{bundle}-{uuid.uuid4().hex[:6]}"
+        staging.mkdir()
+        try:
+            if folder.is_dir() and verify_bundle(folder) == "ok":
+                for old in folder.rglob("*"):
+                    inner = old.relative_to(folder).as_posix()
+                    if old.is_file() and old.name != BUNDLE_MANIFEST and inner not in entries:
+                        target = staging / inner
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(old, target)
+            for inner, content in entries.items():
+                data = Path(content).read_bytes() if isinstance(content, Path) else content
+                target = staging / inner
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(target, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            bundle_files = {
+                p.relative_to(staging).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                for p in sorted(staging.rglob("*")) if p.is_file()
+            }
+            atomic_write_json(staging / BUNDLE_MANIFEST, {"format": "fmnist-bundle/1", "files": bundle_files})
+            _fsync_dir(staging)
+            retired = run_dir / f".retired-{bundle}-{uuid.uuid4().hex[:6]}"
+            if folder.exists():
+                os.rename(folder, retired)
+            os.rename(staging, folder)
+            _fsync_dir(run_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        manifest = read_json(run_dir / MANIFEST)
+        manifest["files"] = {k: v for k, v in manifest["files"].items() if Path(k).parts[0] != bundle}
+        for inner, entry in bundle_files.items():
+            manifest["files"][f"{bundle}/{inner}"] = entry
+        atomic_write_json(run_dir / MANIFEST, manifest)
