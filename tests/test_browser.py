@@ -137,11 +137,12 @@ def _set_number(page, key: str, value) -> None:
     wait_idle(page)
 
 
-def _start_training(page, epochs: int, limit: int) -> None:
+def _start_training(page, epochs: int, limit: int, batch_size: int = 128) -> None:
     page.get_by_text("custom", exact=True).click()
     wait_idle(page)
     _set_number(page, "train_custom_epochs", epochs)
     _set_number(page, "train_custom_limit", limit)
+    _set_number(page, "train_custom_batch", batch_size)
     page.get_by_role("button", name="Start training").click()
 
 
@@ -155,7 +156,7 @@ def _batches_drawn(page) -> int:
 
 def test_training_live_chart_then_results_and_confusion_gallery(server, browser):
     page = open_page(browser, f"{server['url']}/train")
-    _start_training(page, epochs=1, limit=1000)
+    _start_training(page, epochs=1, limit=1500, batch_size=24)  # ~56 batches: several chart updates
     page.wait_for_function("() => document.querySelector('.st-key-live_batches .js-plotly-plot')", timeout=120_000)
     first = _batches_drawn(page)
     page.wait_for_function(f"() => {{ const el = document.querySelector('.st-key-live_batches .js-plotly-plot');"

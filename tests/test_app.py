@@ -1,0 +1,155 @@
+"""Every page of the Streamlit app under AppTest: no exception, key widgets present, bad input
+answered with a message. A tiny real run is trained once for the module (needs FMNIST_DATA_DIR);
+the drawable canvas, which AppTest cannot drive, is replaced by a fake returning a drawing."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.app
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = os.environ.get("FMNIST_DATA_DIR")
+needs_data = pytest.mark.skipif(not DATA_DIR or not Path(DATA_DIR).is_dir(),
+                                reason="FMNIST_DATA_DIR with the Fashion-MNIST files is needed")
+
+
+class FakeCanvasResult:
+    def __init__(self, image_data):
+        self.image_data = image_data
+        self.json_data = {"objects": [{"type": "path"}]}
+
+
+@pytest.fixture
+def fake_canvas(monkeypatch):
+    """A stand-in streamlit_drawable_canvas whose canvas holds a white bar (a trouser-like stroke)."""
+    image = np.zeros((280, 280, 4), np.uint8)
+    image[40:240, 110:170] = [255, 255, 255, 255]
+    module = types.ModuleType("streamlit_drawable_canvas")
+    calls = []
+
+    def st_canvas(**kwargs):
+        calls.append(kwargs)
+        return FakeCanvasResult(image)
+
+    module.st_canvas = st_canvas
+    monkeypatch.setitem(sys.modules, "streamlit_drawable_canvas", module)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """A runs folder holding one tiny, real run trained on 1,000 images for one epoch."""
+    root = tmp_path_factory.mktemp("app-runs")
+    if DATA_DIR and Path(DATA_DIR).is_dir():
+        from fmnist.data import load_fashion_mnist
+        from fmnist.training import TrainConfig, train
+
+        config = TrainConfig(arch="modern", widths=[8, 16, 16], epochs=1, batch_size=100, limit=1000)
+        result = train(config, load_fashion_mnist(DATA_DIR), runs_root=root, export=False)
+        assert result.status == "completed", result.message
+    return root
+
+
+@pytest.fixture
+def app(runs_dir, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FMNIST_RUNS_DIR", str(runs_dir))
+    monkeypatch.setenv("FMNIST_JOBS_INPROCESS", "1")
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def goto(at, page: str):
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [t.value for t in at.title]
+    parts += [h.value for h in at.subheader] + [h.value for h in at.header]
+    parts += [a.value for kind in ("info", "warning", "success", "error") for a in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_home_and_sidebar(app):
+    assert "Fashion-MNIST Studio" in texts(app)
+    assert app.selectbox(key="backend").options  # backend choice in the shared sidebar
+
+
+@needs_data
+def test_data_page(app):
+    goto(app, "data")
+    assert app.slider(key="data_per_class").value == 10
+    app.button(key="data_reshuffle").click().run()
+    assert not app.exception
+    app.number_input(key="data_index").set_value(59_999).run()
+    assert "train #59999" in texts(app) or not app.exception
+    app.radio(key="data_split").set_value("test").run()
+    assert not app.exception and len(app.get("plotly_chart")) >= 1
+
+
+def test_data_page_without_data_says_why(app, monkeypatch, tmp_path):
+    monkeypatch.setenv("FMNIST_DATA_DIR", str(tmp_path))
+    goto(app, "data")
+    assert any("Fashion-MNIST" in e.value for e in app.error)
+
+
+def test_train_page_widgets_bounds_and_bad_input(app):
+    goto(app, "train")
+    assert app.radio(key="train_preset").options == ["paper", "fast", "best", "custom"]
+    epochs = app.number_input(key="train_paper_epochs")
+    assert (epochs.min, epochs.max) == (1, 200)  # TrainConfig.BOUNDS
+    assert app.button(key="train_start").disabled is False
+    assert app.button(key="train_stop").disabled is True
+    assert app.dataframe, "the layer table is shown before training"
+    assert "590,346" in texts(app)  # the paper model's parameter count
+    app.radio(key="train_preset").set_value("custom").run()
+    app.text_input(key="train_custom_widths_modern").set_value("32,x,128").run()
+    assert any("Widths must be whole numbers" in e.value for e in app.error)
+    assert app.button(key="train_start").disabled is True
+
+
+@needs_data
+def test_results_page_metrics_and_cell_gallery(app):
+    goto(app, "results")
+    labels = [m.label for m in app.metric]
+    assert "Test accuracy" in labels and "Train − validation gap" in labels
+    assert app.toggle(key="res_normalise") is not None
+    app.selectbox(key="res_pick_true").set_value("Trouser").run()
+    app.selectbox(key="res_pick_pred").set_value("Trouser").run()
+    assert not app.exception
+    assert "True Trouser predicted as Trouser" in texts(app)
+    app.selectbox(key="res_mis_class").set_value("Shirt").run()
+    assert not app.exception
+
+
+@needs_data
+def test_classify_page_draws_and_predicts(app, fake_canvas):
+    goto(app, "classify")
+    assert fake_canvas and fake_canvas[-1]["return_image_data"] is True
+    out = texts(app)
+    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+               "Ankle boot")
+    assert any(f"### {c}" in m.value for m in app.markdown for c in classes)
+    assert "ms" in out  # the backend's latency
+    app.button(key="draw_clear").click().run()
+    assert not app.exception
+
+
+def test_compare_page(app):
+    goto(app, "compare")
+    assert app.dataframe
+    assert app.button(key="cmp_measure") is not None

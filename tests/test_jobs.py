@@ -1,0 +1,137 @@
+"""The training job queue: one job at a time, queue positions, stop, cancel, sessions kept apart,
+closed sessions' jobs stopped, child processes cleaned up, memory flat across cycles."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+
+import numpy as np
+import pytest
+
+from fmnist.data import synthetic_dataset
+from fmnist.jobs import JobManager
+from fmnist.training import TrainConfig
+
+TINY = dict(arch="modern", widths=[4, 8, 8], epochs=1, batch_size=64, val_fraction=0.1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_dataset(n_train=400, n_test=100)
+
+
+@pytest.fixture
+def threads():
+    manager = JobManager(use_process=False, orphan_grace_s=0.3, poll_s=0.05)
+    yield manager
+    manager.shutdown(timeout=60)
+
+
+def test_one_job_at_a_time_with_queue_positions_and_no_cross_talk(threads, data, tmp_path):
+    a = threads.submit(TrainConfig(**TINY), "session-a", runs_root=tmp_path, dataset=data)
+    b = threads.submit(TrainConfig(**{**TINY, "seed": 1}), "session-b", runs_root=tmp_path, dataset=data)
+    seen_b_waiting = False
+    while a.snapshot()["active"]:
+        snap_b = b.snapshot()
+        if snap_b["status"] == "queued":
+            assert snap_b["queue_position"] == 1
+            seen_b_waiting = True
+        assert not (a.snapshot()["status"] == "running" and snap_b["status"] == "running")
+        time.sleep(0.02)
+    assert seen_b_waiting
+    final_a, final_b = threads.wait(a.id, 120), threads.wait(b.id, 120)
+    assert final_a["status"] == final_b["status"] == "completed", (final_a["message"], final_b["message"])
+    assert final_a["run_dir"] != final_b["run_dir"]
+    assert final_a["epochs"] and final_a["batches"] and final_a["start"]["n_train"] == 360
+    assert [j.id for j in threads.jobs_for("session-a")] == [a.id]
+    assert [j.id for j in threads.jobs_for("session-b")] == [b.id]
+    assert final_a["config"]["seed"] == 0 and final_b["config"]["seed"] == 1
+
+
+def test_stop_within_a_batch_and_cancel_queued(threads, data, tmp_path):
+    long = threads.submit(TrainConfig(**{**TINY, "epochs": 200, "batch_size": 8}), "s", runs_root=tmp_path,
+                          dataset=data)
+    queued = threads.submit(TrainConfig(**TINY), "s", runs_root=tmp_path, dataset=data)
+    while not long.snapshot()["last_batch"]:
+        time.sleep(0.02)
+    assert queued.snapshot()["queue_position"] == 1
+    queued.stop()
+    assert queued.snapshot()["status"] == "cancelled"
+    step_at_stop = long.snapshot()["last_batch"]["global_step"]
+    long.stop()
+    final = threads.wait(long.id, 120)
+    assert final["status"] == "stopped"
+    assert final["last_batch"]["global_step"] <= step_at_stop + 3  # honoured within a batch or two
+    assert final["run_dir"] and os.path.isdir(final["run_dir"])
+
+
+def test_invalid_config_is_refused_before_queueing(threads):
+    with pytest.raises(ValueError, match="epochs"):
+        threads.submit({**TINY, "epochs": 0}, "s")
+
+
+def test_closed_session_job_is_stopped(data, tmp_path):
+    manager = JobManager(use_process=False, orphan_grace_s=0.3, poll_s=0.05)
+    alive = {"s": True}
+    manager.set_session_checker(lambda sid: alive.get(sid, False))
+    try:
+        job = manager.submit(TrainConfig(**{**TINY, "epochs": 200, "batch_size": 8}), "s", runs_root=tmp_path,
+                             dataset=data)
+        while not job.snapshot()["last_batch"]:
+            time.sleep(0.02)
+        alive["s"] = False  # the tab closed
+        final = manager.wait(job.id, 120)
+        assert final["status"] == "stopped"
+        # a page reload adopts the job under the new session id
+        other = manager.submit(TrainConfig(**TINY), "old", runs_root=tmp_path, dataset=data)
+        manager.adopt(other.id, "s")
+        alive["s"] = True
+        assert manager.wait(other.id, 120)["status"] == "completed"
+    finally:
+        manager.shutdown(timeout=60)
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def test_child_process_train_classify_cycles_kill_and_memory(data, tmp_path):
+    """Trainings run in spawned children: killed jobs leave no process or half-written run, and the
+    server's memory stays flat over repeated train-then-classify cycles."""
+    from fmnist.backends import get_backend
+
+    manager = JobManager(use_process=True, poll_s=0.05)
+    try:
+        # kill: the child ends at once and its staging folder is removed
+        job = manager.submit(TrainConfig(**{**TINY, "epochs": 200, "batch_size": 8}), "k", runs_root=tmp_path,
+                             dataset=data)
+        while not job.snapshot()["last_batch"]:
+            time.sleep(0.05)
+        proc = manager._running[job.id]["proc"]
+        manager.kill(job.id)
+        final = manager.wait(job.id, 60)
+        assert final["status"] == "stopped" and "without saving" in final["message"]
+        assert not proc.is_alive()
+        assert not list(tmp_path.glob(".staging-*"))
+
+        rss = []
+        for cycle in range(3):
+            job = manager.submit(TrainConfig(**{**TINY, "seed": cycle}), "c", runs_root=tmp_path, dataset=data)
+            final = manager.wait(job.id, 180)
+            assert final["status"] == "completed", final["message"]
+            model = get_backend(final["run_dir"], "keras")
+            probs = model.predict_proba(data.x_test[:32])
+            assert probs.shape == (32, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
+            del model
+            gc.collect()
+            manager.forget_finished(keep=2)
+            rss.append(_rss_mb())
+        print(f"server RSS after each train+classify cycle: {[round(r) for r in rss]} MiB")
+        assert rss[-1] - rss[1] < 60  # the first cycle loads TensorFlow; after that memory stays flat
+        assert not manager._running
+    finally:
+        manager.shutdown(timeout=60)
