@@ -227,8 +227,9 @@ def verify_run(path: str | os.PathLike) -> RunInfo:
                 return info
         for extra in path.rglob("*"):
             rel = extra.relative_to(path).as_posix()
-            if extra.relative_to(path).parts[0] in BUNDLES:
-                continue
+            top = extra.relative_to(path).parts[0]
+            if top in BUNDLES or top.startswith("."):
+                continue  # bundles are checked on their own; hidden staging leftovers are never loaded
             if extra.is_file() and rel not in files and extra.name != MANIFEST and not extra.name.startswith("."):
                 info.reason = f"unexpected file {rel} that Fashion-MNIST Studio did not write"
                 return info

@@ -1,0 +1,155 @@
+"""Run directories: atomic saves, manifest checks, planted and tampered runs refused unloaded."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from fmnist import runs
+from fmnist.runs import RunError, RunWriter, list_runs, load_model, verify_run
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    target = tmp_path / "runs" / tiny_run.name
+    shutil.copytree(tiny_run, target)
+    return target
+
+
+def _rewrite_manifest(run_dir):
+    """What an attacker who knows the format would do: make the manifest match the planted files."""
+    manifest = runs._manifest_for(run_dir)
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_completed_run_verifies_and_loads(run_copy, tiny_dataset):
+    info = verify_run(run_copy)
+    assert info.status == "completed" and info.usable and info.reason == ""
+    model = load_model(run_copy)
+    probs = np.asarray(model(tiny_dataset.x_test[:8, :, :, None].astype("float32")))
+    stored = runs.load_test_probs(run_copy)[:8]
+    assert np.allclose(probs, stored, atol=1e-5)
+
+
+@pytest.mark.parametrize("edit", ["metrics", "truncate-model", "history"])
+def test_edited_or_truncated_files_are_refused(run_copy, edit):
+    if edit == "metrics":
+        path = run_copy / "metrics.json"
+        path.write_text(path.read_text().replace('"test_accuracy": ', '"test_accuracy": 0.99 + 0 * '))
+    elif edit == "truncate-model":
+        path = run_copy / "model.keras"
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        (run_copy / "history.json").write_text("{}")
+    info = verify_run(run_copy)
+    assert info.status == "broken" and ("sha256" in info.reason or "size" in info.reason)
+    with pytest.raises(RunError, match="refusing to load"):
+        load_model(run_copy)
+    listed = {i.name: i for i in list_runs(run_copy.parent, include_default=False)}
+    assert listed[run_copy.name].status == "broken"
+
+
+def test_planted_h5_file_is_refused(run_copy):
+    (run_copy / "model.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    info = verify_run(run_copy)
+    assert info.status == "broken" and "model.h5" in info.reason
+    with pytest.raises(RunError):
+        load_model(run_copy)
+
+
+def test_config_naming_os_system_is_refused_even_with_a_matching_manifest(run_copy):
+    config = json.loads((run_copy / "config.json").read_text())
+    config["arch"] = "os.system"
+    (run_copy / "config.json").write_text(json.dumps(config))
+    _rewrite_manifest(run_copy)
+    with pytest.raises(RunError, match="not a valid training config"):
+        load_model(run_copy)
+
+
+def test_planted_lambda_layer_never_runs(run_copy, tmp_path):
+    """A model.keras whose Lambda layer writes a marker file when deserialised: the project
+    rebuilds the architecture from its own code and reads weights only, so the marker never appears."""
+    import keras
+
+    marker = tmp_path / "pwned"
+    code = f"lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x)[1]"
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Lambda(eval(code), name="evil")(inputs)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(10, activation="softmax")(x)
+    marker.unlink(missing_ok=True)  # building the layer above calls it once; start clean
+    keras.Model(inputs, outputs).save(run_copy / "model.keras")
+    assert not marker.exists()
+    _rewrite_manifest(run_copy)
+    with pytest.raises(RunError, match="weights do not match"):
+        load_model(run_copy)
+    assert not marker.exists()
+    # the CLI refuses it too, with one line and no traceback
+    proc = subprocess.run([sys.executable, "-m", "fmnist", "evaluate", str(run_copy), "--backend", "keras"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+def test_run_without_manifest_is_not_loaded(run_copy):
+    (run_copy / "manifest.json").unlink()
+    assert verify_run(run_copy).status == "broken"
+    with pytest.raises(RunError, match="manifest"):
+        load_model(run_copy)
+
+
+def test_listing_never_crashes_on_junk(tmp_path):
+    (tmp_path / "not-a-run").mkdir()
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "manifest.json").write_bytes(b"\xff\xfe not json")
+    (tmp_path / "a-file.txt").write_text("hello")
+    infos = list_runs(tmp_path, include_default=False)
+    assert {i.name: i.status for i in infos} == {"not-a-run": "broken", "garbage": "broken"}
+    assert all(i.reason for i in infos)
+
+
+def test_unfinished_staging_is_never_listed(tmp_path):
+    writer = RunWriter(tmp_path, "20260101-000000-paper-abcd")
+    writer.write_json("config.json", {"arch": "paper"})
+    assert list_runs(tmp_path, include_default=False) == []
+    final = writer.commit({"status": "completed"})
+    assert final.name == "20260101-000000-paper-abcd"
+
+
+_WRITER_LOOP = textwrap.dedent("""
+    import os, sys, numpy as np
+    from fmnist.runs import RunWriter, add_files
+    root = sys.argv[1]
+    for i in range(10_000):
+        w = RunWriter(root, f"run-{os.getpid()}-{i}")
+        w.write_json("config.json", {"arch": "paper", "i": i})
+        w.write_json("history.json", {"epochs": []})
+        w.write_npy("test_probs.npy", np.random.rand(2000, 10).astype("float32"))
+        w.path("model.keras").write_bytes(os.urandom(200_000))
+        run = w.commit({"status": "completed"})
+        add_files(run, {"openvino/fp32/model.bin": os.urandom(100_000), "openvino/fp32/model.xml": b"<net/>"})
+""")
+
+
+def test_runs_killed_at_random_moments_are_complete_or_absent(tmp_path):
+    """SIGKILL a process that keeps saving runs (and adding IR bundles) at random moments:
+    every listed run is complete and verified, and every bundle is either whole or absent."""
+    rng = np.random.default_rng(0)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER_LOOP, str(tmp_path)], env=env)
+        time.sleep(0.4 + rng.uniform(0, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    infos = list_runs(tmp_path, include_default=False)
+    assert infos, "the writer should have finished at least one run"
+    for info in infos:
+        assert info.status == "completed" and info.reason == "", (info.name, info.reason)
+        assert info.bundles.get("openvino", "ok") == "ok", (info.name, info.bundles)
