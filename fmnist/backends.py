@@ -107,20 +107,27 @@ class _Runtime:
             return False
 
 
-def _read_verified(run_dir: Path, rel: str, manifest_files: dict, export_files: dict) -> bytes:
-    """The bytes of one IR file, after checking them against the manifest and export.json."""
-    entry, recorded = manifest_files.get(rel), export_files.get(rel)
+def _read_verified(run_dir: Path, rel: str, bundle_files: dict, export_files: dict) -> bytes:
+    """The bytes of one IR file, after checking them against the bundle manifest and export.json.
+
+    The bytes checked are the bytes handed to OpenVINO (no second read of the file).
+    """
+    inner = rel.split("/", 1)[1]
+    entry, recorded = bundle_files.get(inner), export_files.get(rel)
     if not entry or not recorded:
-        raise BackendError(f"{rel} is not listed in the run's manifest and export record: export again with "
+        raise BackendError(f"{rel} is not listed in the OpenVINO export's manifest: export again with "
                            f"`python -m fmnist export {run_dir} --force`")
     try:
         data = (run_dir / rel).read_bytes()
     except OSError as exc:
         raise BackendError(f"cannot read {run_dir / rel}: {exc.strerror or exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
-    if len(data) != entry.get("bytes") or digest != entry.get("sha256") or digest != recorded.get("sha256"):
+    if len(data) != entry.get("bytes"):
+        raise BackendError(f"refusing to load {run_dir}: {rel} has changed size since it was exported "
+                           f"(truncated or edited); export again with `python -m fmnist export {run_dir} --force`")
+    if digest != entry.get("sha256") or digest != recorded.get("sha256"):
         raise BackendError(f"refusing to load {run_dir}: {rel} does not match its recorded sha256 "
-                           "(truncated or modified after export)")
+                           f"(modified after export); export again with `python -m fmnist export {run_dir} --force`")
     return data
 
 
@@ -132,7 +139,7 @@ class OpenVINOBackend:
 
     def __init__(self, run_dir: str | Path, precision: str = "fp32", chunk: int = CHUNK):
         from fmnist import export as fexport
-        from fmnist.runs import MANIFEST, RunError, checked_run, read_json
+        from fmnist.runs import BUNDLE_MANIFEST, MANIFEST, RunError, checked_run, read_json
 
         if precision not in self._IR:
             raise BackendError(f"unknown OpenVINO precision {precision!r}; choose fp32, int8 or bf16")
@@ -143,7 +150,7 @@ class OpenVINOBackend:
         if precision == "bf16" and not _Runtime.supports_bf16():
             raise BackendError("this CPU has no bf16 support: use openvino-fp32 or openvino-int8")
         try:
-            checked_run(self.run_dir)  # every file the manifest lists, IR included, by size and sha256
+            checked_run(self.run_dir)  # the run itself: config, weights, status (IR is checked below)
         except RunError as exc:
             raise BackendError(str(exc)) from exc
         info = fexport.read_export_info(self.run_dir)
@@ -152,14 +159,20 @@ class OpenVINOBackend:
             flag = " --int8" if ir == "int8" else ""
             raise BackendError(f"run {self.run_dir} has no OpenVINO {ir.upper()} export yet: run "
                                f"`python -m fmnist export {self.run_dir}{flag}`")
-        manifest_files = read_json(self.run_dir / MANIFEST).get("files", {})
+        try:
+            manifest_files = read_json(self.run_dir / MANIFEST).get("files", {})
+            bundle_files = read_json(self.run_dir / fexport.OV_DIR / BUNDLE_MANIFEST).get("files", {})
+        except (OSError, ValueError, AttributeError) as exc:
+            raise BackendError(f"the OpenVINO export of {self.run_dir} has no valid {BUNDLE_MANIFEST}: run "
+                               f"`python -m fmnist export {self.run_dir} --force`") from exc
         if info.get("source_sha256") != (manifest_files.get("model.keras") or {}).get("sha256"):
             raise BackendError(f"the OpenVINO export of {self.run_dir} is older than its model.keras: run "
                                f"`python -m fmnist export {self.run_dir} --force`")
         self.source_files = fexport.IR_FILES[ir]
         xml_rel, bin_rel = self.source_files
-        xml = _read_verified(self.run_dir, xml_rel, manifest_files, info.get("files") or {})
-        weights = _read_verified(self.run_dir, bin_rel, manifest_files, info.get("files") or {})
+        recorded = info.get("files") or {}
+        xml = _read_verified(self.run_dir, xml_rel, bundle_files, recorded)
+        weights = _read_verified(self.run_dir, bin_rel, bundle_files, recorded)
         try:
             self.model = _Runtime.core().read_model(model=xml, weights=weights)
         except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line message

@@ -7,8 +7,10 @@
     openvino/ovms/fmnist/1/model.xml|bin  the FP32 IR in OpenVINO Model Server's repository layout
     openvino/export.json                what was exported from what (sha256 of every IR file)
 
-Every file goes through `fmnist.runs.add_files`, so the run's manifest.json holds its sha256 and
-size; `fmnist.backends` re-checks both the manifest and export.json before reading any IR byte.
+All files go through `fmnist.runs.add_files` in one call: the openvino/ folder is swapped in by
+one rename with its own bundle-manifest.json (sha256 and size of every file). `fmnist.backends`
+reads each IR file once and checks those bytes against both bundle-manifest.json and export.json
+before OpenVINO sees them.
 
 Choices, on purpose:
   * `compress_to_fp16=False` for the FP32 IR: FP16 weights would change the answers (about 1e-3 in
@@ -82,32 +84,45 @@ def _source_sha(run_dir: Path) -> str:
     return str(entry.get("sha256", ""))
 
 
-def is_exported(run_dir: str | Path, int8: bool = True) -> bool:
-    """True when the run holds an up-to-date export (FP32, and INT8 when asked) listed in its manifest.
+def _bundle_files(run_dir: Path) -> dict:
+    """{path inside openvino/: {sha256, bytes}} from the bundle's own manifest ({} when absent)."""
+    from fmnist.runs import BUNDLE_MANIFEST, read_json
 
-    Only compares recorded hashes (cheap); loading a backend re-verifies the files themselves.
+    try:
+        files = read_json(run_dir / OV_DIR / BUNDLE_MANIFEST)["files"]
+        return files if isinstance(files, dict) else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def is_exported(run_dir: str | Path, int8: bool = True) -> bool:
+    """True when the run holds an up-to-date export (FP32, and INT8 when asked) that verifies.
+
+    Checks the bundle manifest against the files (sha256) and export.json against the bundle
+    manifest, so a tampered or truncated export is not "up to date" and gets rewritten.
     """
     import openvino as ov
-    from fmnist.runs import MANIFEST, read_json
+    from fmnist.runs import verify_bundle
 
     run_dir = Path(run_dir)
     info = read_export_info(run_dir)
     if not info:
         return False
     try:
-        listed = read_json(run_dir / MANIFEST)["files"]
         source = _source_sha(run_dir)
     except (OSError, ValueError, KeyError, TypeError):
         return False
     if info.get("source_sha256") != source or info.get("openvino_version") != ov.get_version():
         return False
+    listed = _bundle_files(run_dir)
     parts = ["fp32", "ovms"] + (["int8"] if int8 else [])
     files = info.get("files") or {}
     for part in parts:
         for rel in IR_FILES[part]:
-            if rel not in files or rel not in listed or listed[rel].get("sha256") != files[rel].get("sha256"):
+            inner = rel.split("/", 1)[1]
+            if rel not in files or listed.get(inner, {}).get("sha256") != files[rel].get("sha256"):
                 return False
-    return EXPORT_JSON in listed
+    return verify_bundle(run_dir / OV_DIR) == "ok"
 
 
 def _calibration_images(calibration_images: np.ndarray | None, config: dict, data_dir=None) -> np.ndarray:
@@ -197,7 +212,7 @@ def export_run(run_dir: str | Path, calibration_images: np.ndarray | None = None
     Raises ExportError (or fmnist.runs.RunError for a broken run).
     """
     import openvino as ov
-    from fmnist.runs import RunError, add_files, checked_run, load_model
+    from fmnist.runs import RunError, add_files, checked_run, load_model, verify_bundle
 
     say = progress or (lambda message: None)
     run_dir = Path(run_dir)
@@ -265,7 +280,8 @@ def export_run(run_dir: str | Path, calibration_images: np.ndarray | None = None
                 "top1_agreement_vs_keras": float(
                     np.mean(int8_probs.argmax(1) == keras_probs.argmax(1))),
             }
-        elif previous.get("int8") and previous.get("source_sha256") == record["source_sha256"]:
+        elif (previous.get("int8") and previous.get("source_sha256") == record["source_sha256"]
+              and verify_bundle(run_dir / OV_DIR) == "ok"):
             record["int8"] = previous["int8"]  # keep an existing, still matching INT8 export
             for rel in IR_FILES["int8"]:
                 if rel in (previous.get("files") or {}):

@@ -101,13 +101,20 @@ def test_tampered_or_truncated_ir_is_refused_with_a_clear_message(run_copy):
     data = bytearray(bin_path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, one byte changed
     bin_path.write_bytes(bytes(data))
-    with pytest.raises(BackendError, match=r"model\.bin was modified.*sha256"):
+    with pytest.raises(BackendError, match=r"model\.bin does not match its recorded sha256"):
         get_backend(run_copy, "openvino-fp32")  # the cache notices the file changed and re-verifies
     xml_path = run_copy / fexport.IR_FILES["int8"][0]
     xml_path.write_bytes(xml_path.read_bytes()[:500])
-    with pytest.raises(BackendError, match=r"refusing to load.*model\.(bin|xml)"):
+    with pytest.raises(BackendError, match=r"refusing to load.*model\.xml has changed size.*truncated"):
         get_backend(run_copy, "openvino-int8")
-    assert verify_run(run_copy).status == "broken"
+    info = verify_run(run_copy)
+    assert info.usable and info.bundles["openvino"] != "ok"  # the Keras model is still fine
+    assert get_backend(run_copy, "keras").predict_proba(np.zeros((1, 28, 28))).shape == (1, 10)
+    # exporting again repairs the bundle
+    assert not fexport.is_exported(run_copy)
+    fexport.export_run(run_copy, int8=False)
+    assert verify_run(run_copy).bundles["openvino"] == "ok"
+    get_backend(run_copy, "openvino-fp32")
 
 
 def test_corrupt_ir_with_a_rewritten_manifest_still_fails_cleanly(run_copy):
@@ -119,7 +126,7 @@ def test_corrupt_ir_with_a_rewritten_manifest_still_fails_cleanly(run_copy):
     with pytest.raises(BackendError, match="does not match its recorded sha256"):
         get_backend(run_copy, "openvino-fp32", cache=False)
     files = read_json(run_copy / MANIFEST)["files"]
-    info["files"][bin_rel] = files[bin_rel]
+    info["files"][bin_rel] = files[bin_rel]  # the run manifest mirrors the bundle manifest
     add_files(run_copy, {fexport.EXPORT_JSON: json.dumps(info).encode()})  # both records agree now
     with pytest.raises(BackendError, match="OpenVINO cannot read.*[Ww]eights"):
         get_backend(run_copy, "openvino-fp32", cache=False)
