@@ -157,10 +157,19 @@ def _batches_drawn(page) -> int:
 def test_training_live_chart_then_results_and_confusion_gallery(server, browser):
     page = open_page(browser, f"{server['url']}/train")
     _start_training(page, epochs=1, limit=1500, batch_size=24)  # ~56 batches: several chart updates
-    page.wait_for_function("() => document.querySelector('.st-key-live_batches .js-plotly-plot')", timeout=120_000)
-    first = _batches_drawn(page)
-    page.wait_for_function(f"() => {{ const el = document.querySelector('.st-key-live_batches .js-plotly-plot');"
-                           f" return el && el.data[0].x.length > {first}; }}", timeout=60_000)
+    steps, drawn, deadline = set(), 0, time.monotonic() + 180
+    while time.monotonic() < deadline:  # progress and the live chart update while it trains
+        for text in page.locator("[data-testid='stProgress']").all_inner_texts():
+            match = re.search(r"step (\d+)/(\d+)", text)
+            if match:
+                steps.add(int(match.group(1)))
+                total = int(match.group(2))
+        drawn = max(drawn, _batches_drawn(page))
+        if steps and drawn and drawn == total:
+            break
+        time.sleep(0.3)
+    assert len(steps) >= 2, steps
+    assert drawn == total  # every batch of the epoch is on the live chart
     done = page.get_by_text(re.compile(r"Finished: test accuracy"))
     done.wait_for(timeout=240_000)
     text = page.locator("[data-testid='stAlertContentSuccess']").inner_text()
