@@ -13,7 +13,7 @@ from typing import Any
 ARCHITECTURES: dict[str, str] = {
     "paper": "The report's final model: 3 conv + 4 dense layers with dropout (590,346 parameters).",
     "paper-baseline": "The report's first model: 2 conv + 3 dense layers, no dropout (565,386 parameters).",
-    "modern": "Small CNN: conv-BatchNorm-ReLU blocks, max-pooling, global average pooling.",
+    "modern": "Small CNN: a conv stem, then stages of two conv-BatchNorm-ReLU blocks after max-pooling, global average pooling (2-4 widths).",
 }
 
 # Default widths and dropout per architecture; overridable through build_model(widths=..., dropout=...).
@@ -56,7 +56,8 @@ def build_model(arch: str = "paper", widths: tuple[int, ...] | list[int] | None 
         keras.utils.set_random_seed(seed)
     spec = DEFAULTS[arch]
     widths = tuple(int(w) for w in (widths or spec["widths"]))
-    if len(widths) != len(spec["widths"]) or min(widths) < 1:
+    n_ok = 2 <= len(widths) <= 4 if arch == "modern" else len(widths) == len(spec["widths"])
+    if not n_ok or min(widths) < 1:
         raise ValueError(f"{arch} takes {len(spec['widths'])} positive widths, got {widths}")
     conv_drop, dense_drop = _pair(dropout, spec["dropout"])
 
@@ -90,17 +91,17 @@ def build_model(arch: str = "paper", widths: tuple[int, ...] | list[int] | None 
         if dense_drop:
             x = layers.Dropout(dense_drop, name="drop2")(x)
         x = layers.Dense(d2, activation="relu", name="dense2")(x)
-    else:  # modern: two conv-BN-ReLU per stage, pool between stages, global average pooling
-        for stage, width in enumerate(widths, start=1):
-            for j in (1, 2):
+    else:  # modern: a cheap full-resolution stem, then per stage: pool + two conv-BN-ReLU
+        for stage, width in enumerate(widths):
+            if stage:
+                x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
+                if conv_drop:
+                    x = layers.Dropout(conv_drop, name=f"drop{stage}")(x)
+            for j in (1,) if stage == 0 else (1, 2):
                 x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{stage}_{j}")(x)
                 # momentum 0.9: short CPU runs (a few hundred steps) need moving statistics that settle
                 x = layers.BatchNormalization(momentum=0.9, name=f"bn{stage}_{j}")(x)
                 x = layers.ReLU(name=f"relu{stage}_{j}")(x)
-            if stage < len(widths):
-                x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
-                if conv_drop:
-                    x = layers.Dropout(conv_drop, name=f"drop{stage}")(x)
         x = layers.GlobalAveragePooling2D(name="gap")(x)
         if dense_drop:
             x = layers.Dropout(dense_drop, name="drop_head")(x)

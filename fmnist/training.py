@@ -86,12 +86,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "augment_shift", "seed"):
             if int(getattr(self, name)) != getattr(self, name):
                 raise ValueError(f"{name} must be a whole number, got {getattr(self, name)}")
-        n_widths = len(DEFAULTS[self.arch]["widths"])
+        n_widths = (2, 3, 4) if self.arch == "modern" else (len(DEFAULTS[self.arch]["widths"]),)
         if self.widths is not None:
-            if (not isinstance(self.widths, (list, tuple)) or len(self.widths) != n_widths
+            if (not isinstance(self.widths, (list, tuple)) or len(self.widths) not in n_widths
                     or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 1024
                                for w in self.widths)):
-                raise ValueError(f"{self.arch} takes {n_widths} widths, each 1-1024, got {self.widths}")
+                raise ValueError(f"{self.arch} takes {' or '.join(map(str, n_widths))} widths, each 1-1024, "
+                                 f"got {self.widths}")
         if self.dropout is not None:
             values = self.dropout if isinstance(self.dropout, (list, tuple)) else [self.dropout]
             if (len(values) not in (1, 2) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -289,6 +290,8 @@ def _bridge_callback(config: TrainConfig, emit: Callable[[dict], None], stop_eve
             total = steps_per_epoch * config.epochs
             elapsed = time.perf_counter() - state["t0"]
             rate = step * config.batch_size / max(elapsed, 1e-9)
+            state["last_batch_t"] = time.perf_counter()
+            state["epoch_batches"] = batch + 1
             history["batches"].append({"epoch": state["epoch"] + 1, "step": step, "loss": loss, "accuracy": acc})
             emit({"kind": "batch", "epoch": state["epoch"] + 1, "step": batch + 1, "global_step": step,
                   "total_steps": total, "loss": loss, "accuracy": acc, "images_per_s": rate,
@@ -303,6 +306,9 @@ def _bridge_callback(config: TrainConfig, emit: Callable[[dict], None], stop_eve
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             seconds = time.perf_counter() - state["epoch_t0"]
+            # training-only time (up to the last batch), excluding validation, for throughput
+            train_seconds = state.get("last_batch_t", state["epoch_t0"]) - state["epoch_t0"]
+            images = min(state.get("epoch_batches", 0) * config.batch_size, n_train)
             lr = self.model.optimizer.learning_rate
             row = {
                 "epoch": epoch + 1,
@@ -312,7 +318,8 @@ def _bridge_callback(config: TrainConfig, emit: Callable[[dict], None], stop_eve
                 "val_accuracy": float(logs["val_accuracy"]) if "val_accuracy" in logs else None,
                 "learning_rate": float(np.asarray(lr)),
                 "seconds": seconds,
-                "images_per_s": n_train / max(seconds, 1e-9),
+                "train_seconds": train_seconds,
+                "images_per_s": images / max(train_seconds, 1e-9),
             }
             if state.get("stopped") or state.get("nan"):
                 row["partial"] = True  # cut short by a stop request: metrics cover part of the epoch

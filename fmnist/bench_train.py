@@ -1,0 +1,145 @@
+"""`python -m fmnist bench train`: train presets (test set held out) and compare the project's
+input pipeline with a plain `model.fit` on numpy arrays of the same model, in the same process.
+
+Throughput ratio = project's steady-state training images/s (median over epochs after the first,
+validation excluded) / plain fit's images/s over one full epoch after a warm-up (same model,
+optimizer, batch size and loss; the plain baseline does no augmentation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def machine_info() -> dict:
+    """CPU model, usable cores and library versions, for the table's caption."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    import tensorflow as tf
+
+    return {"cpu": cpu, "cores": cores, "python": platform.python_version(), "tensorflow": tf.__version__}
+
+
+def plain_fit_throughput(config, x: np.ndarray, y: np.ndarray) -> float:
+    """Images/s of `model.fit(numpy arrays)` for one epoch, after a short warm-up fit."""
+    import keras
+
+    from fmnist.models import build_model
+    from fmnist.training import _make_optimizer
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config.arch, widths=config.widths, dropout=config.dropout)
+    steps = int(np.ceil(len(x) / config.batch_size))
+    model.compile(optimizer=_make_optimizer(config, steps),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+                  metrics=["accuracy"])
+    xf = x[..., None].astype(np.float32)
+    yf = keras.utils.to_categorical(y, 10).astype(np.float32)
+    warm = config.batch_size * 10
+    model.fit(xf[:warm], yf[:warm], batch_size=config.batch_size, epochs=1, verbose=0)
+    t0 = time.perf_counter()
+    model.fit(xf, yf, batch_size=config.batch_size, epochs=1, verbose=0, shuffle=True)
+    return len(xf) / (time.perf_counter() - t0)
+
+
+def bench_preset(name: str, dataset, progress=None, epochs: int | None = None) -> dict:
+    """Train one preset with fmnist.training.train, then measure the plain-fit baseline."""
+    from fmnist.data import make_splits
+    from fmnist.training import preset_config, train
+
+    config = preset_config(name, epochs=epochs)
+    result = train(config, dataset, listeners=[progress] if progress else [], save=False, export=False)
+    if result.status != "completed":
+        raise RuntimeError(f"preset {name} did not complete: {result.message}")
+    epochs_rows = result.history["epochs"]
+    steady = [e["images_per_s"] for e in epochs_rows[1:]] or [epochs_rows[0]["images_per_s"]]
+    project_ips = statistics.median(steady)
+    splits = make_splits(dataset, config.val_fraction, config.seed, config.limit)
+    if progress:
+        progress({"kind": "status", "message": f"{name}: plain model.fit baseline (1 epoch)"})
+    baseline_ips = plain_fit_throughput(config, splits.x_train, splits.y_train)
+    images = len(result.history["batches"]) * config.batch_size
+    return {
+        "preset": name,
+        "params": _params(config),
+        "epochs": len([e for e in epochs_rows if not e.get("partial")]),
+        "wall_s": round(result.seconds, 1),
+        "images_per_s": round(images / result.seconds, 1),
+        "steady_images_per_s": round(project_ips, 1),
+        "plain_fit_images_per_s": round(baseline_ips, 1),
+        "throughput_ratio": round(project_ips / baseline_ips, 3),
+        "val_accuracy": result.metrics.get("val_accuracy"),
+        "test_accuracy": result.metrics["test_accuracy"],
+        "train_accuracy": result.metrics.get("train_accuracy"),
+        "tta_flip": config.tta_flip,
+    }
+
+
+def _params(config) -> int:
+    from fmnist.models import build_model
+
+    return build_model(config.arch, widths=config.widths, dropout=config.dropout).count_params()
+
+
+def format_table(rows: list[dict], machine: dict) -> str:
+    head = ("preset", "params", "epochs", "wall s", "img/s", "val acc", "test acc", "vs plain fit")
+    lines = [f"machine: {machine['cpu']}, {machine['cores']} cores, TensorFlow {machine['tensorflow']}", ""]
+    body = [head] + [
+        (r["preset"], f"{r['params']:,}", str(r["epochs"]), f"{r['wall_s']:.1f}", f"{r['images_per_s']:,.0f}",
+         f"{r['val_accuracy'] * 100:.2f}%" if r["val_accuracy"] is not None else "-",
+         f"{r['test_accuracy'] * 100:.2f}%",
+         f"{r['throughput_ratio']:.2f}x ({r['steady_images_per_s']:,.0f} vs {r['plain_fit_images_per_s']:,.0f})")
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in body) for i in range(len(head))]
+    for row in body:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--presets", default="fast,paper", help="comma-separated presets (default: fast,paper)")
+    p.add_argument("--epochs", type=int, help="override every preset's epochs (quick checks only)")
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args) -> int:
+    from fmnist.cli import CLIError, ProgressBar
+    from fmnist.data import DataError, load_fashion_mnist
+    from fmnist.training import PRESETS
+
+    names = [n.strip() for n in args.presets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown or not names:
+        raise CLIError(f"unknown preset(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(PRESETS)}")
+    try:
+        dataset = load_fashion_mnist(args.data_dir)
+    except DataError as exc:
+        raise CLIError(str(exc))
+    machine = machine_info()
+    bar = ProgressBar(sys.stderr)
+    rows = []
+    for name in names:
+        sys.stderr.write(f"== {name}\n")
+        rows.append(bench_preset(name, dataset, bar, args.epochs))
+    if args.json:
+        print(json.dumps({"machine": machine, "results": rows}, indent=2))
+    else:
+        print(format_table(rows, machine))
+    return 0
