@@ -98,7 +98,7 @@ def machine_info() -> dict:
 
 def measure_backends(run_dir: str | Path, images: np.ndarray, labels: np.ndarray,
                      progress: Callable[[float, str], None] | None = None, repeats: int = 200,
-                     batch_repeats: int = 3, keras_predict_calls: int = 30, include_bf16: bool = True) -> dict:
+                     batch_repeats: int = 5, keras_predict_calls: int = 30, include_bf16: bool = True) -> dict:
     """Latency, throughput, accuracy and agreement of every backend of a run (see the module doc).
 
     images: (N, 28, 28) uint8 test images; labels: (N,). repeats: single-image calls per method
@@ -222,7 +222,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: $FMNIST_DATA_DIR, then the Keras cache)")
     parser.add_argument("--repeats", type=int, default=200,
                         help="single-image calls per method (Keras predict: at most 30)")
-    parser.add_argument("--batch-repeats", type=int, default=3, help="timed runs over the test set (best kept)")
+    parser.add_argument("--batch-repeats", type=int, default=5, help="timed runs over the test set (best kept)")
     parser.add_argument("--no-bf16", action="store_true", help="skip the optional OpenVINO BF16 row")
     parser.add_argument("--no-export", action="store_true",
                         help="don't export a run that has no OpenVINO IR yet (its OpenVINO rows are skipped)")
