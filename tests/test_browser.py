@@ -204,7 +204,7 @@ def _classify_upload(page, image: np.ndarray, name: str) -> tuple[str, float]:
     page.get_by_text("Model input (28x28)").first.wait_for(timeout=60_000)
     seconds = time.monotonic() - t0
     wait_idle(page)
-    return page.locator("h3").first.inner_text(), seconds
+    return page.locator("[data-testid='stMain'] h3").first.inner_text(), seconds
 
 
 def test_upload_draw_and_sessions_during_training_with_stop(server, browser):

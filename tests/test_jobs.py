@@ -132,6 +132,9 @@ def test_child_process_train_classify_cycles_kill_and_memory(data, tmp_path):
             rss.append(_rss_mb())
         print(f"server RSS after each train+classify cycle: {[round(r) for r in rss]} MiB")
         assert rss[-1] - rss[1] < 60  # the first cycle loads TensorFlow; after that memory stays flat
+        deadline = time.monotonic() + 10
+        while manager._running and time.monotonic() < deadline:  # the child is reaped just after its last event
+            time.sleep(0.05)
         assert not manager._running
     finally:
         manager.shutdown(timeout=60)
