@@ -22,10 +22,12 @@ def dataset():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, dataset):
-    """A tiny BatchNorm CNN trained on synthetic data; training exports FP32 and INT8 IR itself."""
+    """A narrow copy of the report's architecture trained on synthetic data (it learns them fully in
+    two epochs); training exports FP32 and INT8 IR itself. (test_export.py covers a BatchNorm CNN.)"""
     from fmnist.training import TrainConfig, train
 
-    config = TrainConfig(arch="modern", widths=[8, 16, 16], epochs=2, batch_size=64, learning_rate=3e-3, seed=2)
+    config = TrainConfig(arch="paper", widths=[8, 16, 16, 32, 32, 32], epochs=2, batch_size=32,
+                         learning_rate=3e-3, seed=2)
     result = train(config, dataset, runs_root=tmp_path_factory.mktemp("runs"))
     assert result.status == "completed", result.message
     assert fexport.is_exported(result.run_dir, int8=True)
