@@ -300,7 +300,7 @@ def add_cli(subparsers, cli_error) -> None:
         "export", help="export a run to OpenVINO IR (FP32, INT8, OVMS layout)",
         description="Write RUN/openvino/{fp32,int8,ovms} (checked by sha256 before loading). Idempotent: "
                     "an up-to-date export is left as it is unless --force.")
-    p.add_argument("run", nargs="?", help="run name or path (default: the shipped model)")
+    p.add_argument("run", nargs="?", help="run name or path (default: the shipped model, else the newest run)")
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                    help="also write the NNCF INT8 model, calibrated on training images (default: on)")
     p.add_argument("--force", action="store_true", help="export again even when up to date")
