@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,14 +229,16 @@ def _real_data():
 
 @pytest.mark.integration
 def test_shipped_model_parity_on_the_test_set():
-    if not (DEFAULT_MODEL_DIR / "openvino" / "export.json").is_file():
-        pytest.skip("assets/default-model (with its OpenVINO export) is not present")
+    """The issue's acceptance figures for agreement: FP32 = Keras, INT8 within 0.3 points."""
+    model_dir = Path(os.environ.get("FMNIST_TEST_RUN") or DEFAULT_MODEL_DIR)  # FMNIST_TEST_RUN: another run
+    if not (model_dir / "openvino" / "export.json").is_file():
+        pytest.skip(f"{model_dir} (with its OpenVINO export) is not present; FMNIST_TEST_RUN=<run> to use another")
     data = _real_data()
     if data is None:
         pytest.skip("Fashion-MNIST data not found (set FMNIST_DATA_DIR)")
-    keras = get_backend(DEFAULT_MODEL_DIR, "keras").predict_proba(data.x_test)
-    fp32 = get_backend(DEFAULT_MODEL_DIR, "openvino-fp32").predict_proba(data.x_test)
-    int8 = get_backend(DEFAULT_MODEL_DIR, "openvino-int8").predict_proba(data.x_test)
+    keras = get_backend(model_dir, "keras").predict_proba(data.x_test)
+    fp32 = get_backend(model_dir, "openvino-fp32").predict_proba(data.x_test)
+    int8 = get_backend(model_dir, "openvino-int8").predict_proba(data.x_test)
     assert np.array_equal(fp32.argmax(1), keras.argmax(1))
     assert np.abs(fp32 - keras).max() <= 1e-4
     acc32, acc8 = (np.mean(p.argmax(1) == data.y_test) for p in (fp32, int8))
