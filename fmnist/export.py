@@ -216,7 +216,7 @@ def export_run(run_dir: str | Path, calibration_images: np.ndarray | None = None
 
     say = progress or (lambda message: None)
     run_dir = Path(run_dir)
-    info = checked_run(run_dir)  # the manifest verifies model.keras (and any earlier export)
+    info = checked_run(run_dir)  # the run's manifest verifies model.keras and config.json
     if not force and is_exported(run_dir, int8=int8):
         existing = read_export_info(run_dir) or {}
         return {**existing, "exported": False}
@@ -231,7 +231,9 @@ def export_run(run_dir: str | Path, calibration_images: np.ndarray | None = None
 
     say("converting to OpenVINO (FP32)")
     ov_model = convert_keras_model(model)
-    core = ov.Core()
+    from fmnist.backends import _Runtime
+
+    core = _Runtime.core()  # the process's one ov.Core
     # Parity check on training images: the IR must reproduce Keras before it is written.
     parity_x = (calibration[:PARITY_IMAGES] if calibration is not None else
                 np.random.default_rng(CALIBRATION_SEED).integers(0, 256, (PARITY_IMAGES, 28, 28, 1))
