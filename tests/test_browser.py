@@ -223,6 +223,8 @@ def test_upload_draw_and_sessions_during_training_with_stop(server, browser):
     for idx in (0, 1):
         p = open_page(browser, f"{server['url']}/classify")
         pages.append(p)
+    if pages[0].get_by_text("No trained model yet").count():
+        pytest.skip("needs a model: the shipped default or the run trained by the previous test")
     seconds = []
     for i, p in enumerate(pages):
         image = ds.x_test[i]
