@@ -42,8 +42,9 @@ def product_photo(item: np.ndarray, rng: np.random.Generator, *, exif_turn: bool
     buf = io.BytesIO()
     if transparent:
         alpha = np.zeros(canvas.shape[:2], np.float32)
-        alpha[top:top + photo.shape[0], left:left + photo.shape[1]] = np.clip(darkness * 4, 0, 1)
-        rgba = np.dstack([pp.to_uint8(canvas * 0.3), pp.to_uint8(alpha * 255)])  # junk colour where clear
+        alpha[top:top + photo.shape[0], left:left + photo.shape[1]] = np.clip(darkness * 8, 0, 1)
+        junk = np.where(alpha[..., None] > 0, canvas, 40.0)  # fully transparent pixels hold a dark junk colour
+        rgba = np.dstack([pp.to_uint8(junk), pp.to_uint8(alpha * 255)])
         Image.fromarray(rgba, "RGBA").save(buf, "PNG")
         return buf.getvalue()
     exif = None
