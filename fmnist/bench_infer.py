@@ -216,6 +216,31 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(result: dict) -> str:
+    """The measured tables as Markdown (what docs/openvino.md and the README show)."""
+    m = result["machine"]
+    lat = {row["method"]: row for row in result["latency"]}
+    call = lat.get("keras-call", {}).get("p50_ms")
+    lines = [f"Run `{result['run']}`, {result['images']:,} test images. CPU: {m.get('cpu') or '?'}, "
+             f"{m.get('logical_cores')} logical cores; OpenVINO {m.get('openvino')}, TensorFlow {m.get('tensorflow')}, "
+             f"Keras {m.get('keras')}.", "",
+             "| single image | p50 ms | p95 ms | p50 vs Keras `model(x)` |", "|---|---:|---:|---:|"]
+    for row in result["latency"]:
+        ratio = f"{call / row['p50_ms']:.1f}x" if call else ""
+        lines.append(f"| {row['label']} | {row['p50_ms']:.3f} | {row['p95_ms']:.3f} | {ratio} |")
+    lines += ["", f"| batch ({result['images']:,} images) | images/s | vs Keras `predict` | test accuracy | "
+                  "top-1 agreement with Keras | largest probability difference |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for row in result["batch"]:
+        lines.append(f"| {row['label']} | {row['images_per_s']:,.0f} | {row['speedup_vs_keras']:.2f}x | "
+                     f"{row['accuracy'] * 100:.2f}% | {row['top1_agreement'] * 100:.2f}% | {row['max_prob_diff']:.1e} |")
+    r = result["ratios"]
+    if "int8_throughput_vs_fp32" in r:
+        lines += ["", f"INT8 throughput is {r['int8_throughput_vs_fp32']:.2f}x FP32 for "
+                      f"{r['int8_accuracy_minus_fp32_points']:+.2f} points of test accuracy."]
+    return "\n".join(lines)
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--run", help="run name or path (default: the shipped model, else the newest run)")
     parser.add_argument("--runs-dir")
@@ -227,6 +252,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-export", action="store_true",
                         help="don't export a run that has no OpenVINO IR yet (its OpenVINO rows are skipped)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
 
 
 def run(args) -> int:
@@ -263,6 +289,8 @@ def run(args) -> int:
                               batch_repeats=args.batch_repeats, include_bf16=not args.no_bf16)
     if args.json:
         print(json.dumps(result, indent=2))
+    elif args.markdown:
+        print(format_markdown(result))
     else:
         print(format_report(result))
     return 0

@@ -198,7 +198,7 @@ def test_cli_predict_with_each_backend(run, dataset, tmp_path, capsys):
 
 
 def test_measure_backends_reports_every_backend(run, dataset):
-    from fmnist.bench_infer import format_report, measure_backends
+    from fmnist.bench_infer import format_markdown, format_report, measure_backends
 
     seen = []
     result = measure_backends(run, dataset.x_test, dataset.y_test, progress=lambda f, m: seen.append((f, m)),
@@ -218,6 +218,7 @@ def test_measure_backends_reports_every_backend(run, dataset):
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(seen) >= 8
     assert "OpenVINO INT8" in format_report(result)
+    assert "| OpenVINO FP32 |" in format_markdown(result)
 
 
 def _real_data():
