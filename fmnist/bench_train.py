@@ -43,7 +43,7 @@ def plain_fit_throughput(config, x: np.ndarray, y: np.ndarray) -> float:
     from fmnist.training import _make_optimizer
 
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config.arch, widths=config.widths, dropout=config.dropout)
+    model = build_model(config.arch, widths=config.widths, dropout=config.dropout, precision=config.precision)
     steps = int(np.ceil(len(x) / config.batch_size))
     model.compile(optimizer=_make_optimizer(config, steps),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),

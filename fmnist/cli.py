@@ -53,7 +53,7 @@ def _float_list(text: str) -> float | list[float]:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from fmnist.models import ARCHITECTURES
-    from fmnist.training import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+    from fmnist.training import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig
 
     b = TrainConfig.BOUNDS
     p.add_argument("--preset", choices=list(PRESETS), help="start from a recipe (flags below override it)")
@@ -79,6 +79,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_bounded("seed", int, *b["seed"]))
     p.add_argument("--limit", type=_bounded("limit", int, *b["limit"]),
                    help="train on a stratified subset of this many images (quick runs)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="bfloat16 = mixed-precision training, faster for wide models on CPUs with AMX")
     p.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard logs in the run")
     p.add_argument("--data-dir", help=f"folder with the Fashion-MNIST files (default: ${fdata.ENV_VAR}, "
                                       "then the Keras cache, then download)")
@@ -92,7 +94,7 @@ def config_from_args(args: argparse.Namespace):
 
     fields = ("arch", "widths", "dropout", "epochs", "batch_size", "optimizer", "learning_rate", "schedule",
               "warmup_epochs", "weight_decay", "label_smoothing", "augment_flip", "augment_shift", "ema",
-              "tta_flip", "val_fraction", "seed", "limit", "tensorboard")
+              "tta_flip", "val_fraction", "seed", "limit", "precision", "tensorboard")
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     base = dict(PRESETS[args.preset], preset=args.preset) if args.preset else {}
     if "arch" in overrides and overrides["arch"] != base.get("arch"):

@@ -41,11 +41,15 @@ def _pair(dropout: float | tuple[float, float] | list[float] | None, default: tu
 
 
 def build_model(arch: str = "paper", widths: tuple[int, ...] | list[int] | None = None,
-                dropout: float | tuple[float, float] | None = None, seed: int | None = None):
+                dropout: float | tuple[float, float] | None = None, seed: int | None = None,
+                precision: str = "float32"):
     """Build an uncompiled Keras model by architecture name.
 
     widths: channel/unit counts (see DEFAULTS for each architecture's layout).
     dropout: (after conv blocks, after dense layers) or one number for both.
+    precision: "float32", or "bfloat16" (mixed: bf16 compute, float32 weights; fast on CPUs with
+    AMX/AVX512-BF16 for wide convolutions). Weights are float32 either way, so a bf16-trained model
+    loads into a float32 build for inference and export.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -61,51 +65,57 @@ def build_model(arch: str = "paper", widths: tuple[int, ...] | list[int] | None 
         raise ValueError(f"{arch} takes {len(spec['widths'])} positive widths, got {widths}")
     conv_drop, dense_drop = _pair(dropout, spec["dropout"])
 
+    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[precision]
+
+    def L(cls, *args, **kwargs):  # every hidden layer computes in the chosen precision
+        return cls(*args, dtype=policy, **kwargs)
+
     inputs = keras.Input((28, 28, 1), name="pixels")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = L(layers.Rescaling, 1.0 / 255.0, name="rescale")(inputs)
     if arch == "paper":
         c1, c2, c3, d1, d2, d3 = widths
-        x = layers.Conv2D(c1, 3, activation="relu", name="conv1")(x)
-        x = layers.MaxPooling2D(2, name="pool1")(x)
-        x = layers.Dropout(conv_drop, name="drop1")(x)
-        x = layers.Conv2D(c2, 3, activation="relu", name="conv2")(x)
-        x = layers.MaxPooling2D(2, name="pool2")(x)
-        x = layers.Dropout(conv_drop, name="drop2")(x)
-        x = layers.Conv2D(c3, 3, activation="leaky_relu", name="conv3")(x)
-        x = layers.Flatten(name="flatten")(x)
-        x = layers.Dense(d1, activation="relu", name="dense1")(x)
-        x = layers.Dropout(dense_drop, name="drop3")(x)
-        x = layers.Dense(d2, activation="relu", name="dense2")(x)
-        x = layers.Dropout(dense_drop, name="drop4")(x)
-        x = layers.Dense(d3, activation="relu", name="dense3")(x)
+        x = L(layers.Conv2D, c1, 3, activation="relu", name="conv1")(x)
+        x = L(layers.MaxPooling2D, 2, name="pool1")(x)
+        x = L(layers.Dropout, conv_drop, name="drop1")(x)
+        x = L(layers.Conv2D, c2, 3, activation="relu", name="conv2")(x)
+        x = L(layers.MaxPooling2D, 2, name="pool2")(x)
+        x = L(layers.Dropout, conv_drop, name="drop2")(x)
+        x = L(layers.Conv2D, c3, 3, activation="leaky_relu", name="conv3")(x)
+        x = L(layers.Flatten, name="flatten")(x)
+        x = L(layers.Dense, d1, activation="relu", name="dense1")(x)
+        x = L(layers.Dropout, dense_drop, name="drop3")(x)
+        x = L(layers.Dense, d2, activation="relu", name="dense2")(x)
+        x = L(layers.Dropout, dense_drop, name="drop4")(x)
+        x = L(layers.Dense, d3, activation="relu", name="dense3")(x)
     elif arch == "paper-baseline":
         c1, c2, d1, d2 = widths
-        x = layers.Conv2D(c1, 3, activation="relu", name="conv1")(x)
-        x = layers.MaxPooling2D(2, name="pool1")(x)
+        x = L(layers.Conv2D, c1, 3, activation="relu", name="conv1")(x)
+        x = L(layers.MaxPooling2D, 2, name="pool1")(x)
         if conv_drop:
-            x = layers.Dropout(conv_drop, name="drop1")(x)
-        x = layers.Conv2D(c2, 3, activation="relu", name="conv2")(x)
-        x = layers.MaxPooling2D(2, name="pool2")(x)
-        x = layers.Flatten(name="flatten")(x)
-        x = layers.Dense(d1, activation="relu", name="dense1")(x)
+            x = L(layers.Dropout, conv_drop, name="drop1")(x)
+        x = L(layers.Conv2D, c2, 3, activation="relu", name="conv2")(x)
+        x = L(layers.MaxPooling2D, 2, name="pool2")(x)
+        x = L(layers.Flatten, name="flatten")(x)
+        x = L(layers.Dense, d1, activation="relu", name="dense1")(x)
         if dense_drop:
-            x = layers.Dropout(dense_drop, name="drop2")(x)
-        x = layers.Dense(d2, activation="relu", name="dense2")(x)
+            x = L(layers.Dropout, dense_drop, name="drop2")(x)
+        x = L(layers.Dense, d2, activation="relu", name="dense2")(x)
     else:  # modern: a cheap full-resolution stem, then per stage: pool + two conv-BN-ReLU
         for stage, width in enumerate(widths):
             if stage:
-                x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
+                x = L(layers.MaxPooling2D, 2, name=f"pool{stage}")(x)
                 if conv_drop:
-                    x = layers.Dropout(conv_drop, name=f"drop{stage}")(x)
+                    x = L(layers.Dropout, conv_drop, name=f"drop{stage}")(x)
             for j in (1,) if stage == 0 else (1, 2):
-                x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{stage}_{j}")(x)
+                x = L(layers.Conv2D, width, 3, padding="same", use_bias=False, name=f"conv{stage}_{j}")(x)
                 # momentum 0.9: short CPU runs (a few hundred steps) need moving statistics that settle
-                x = layers.BatchNormalization(momentum=0.9, name=f"bn{stage}_{j}")(x)
-                x = layers.ReLU(name=f"relu{stage}_{j}")(x)
-        x = layers.GlobalAveragePooling2D(name="gap")(x)
+                x = L(layers.BatchNormalization, momentum=0.9, name=f"bn{stage}_{j}")(x)
+                x = L(layers.ReLU, name=f"relu{stage}_{j}")(x)
+        x = L(layers.GlobalAveragePooling2D, name="gap")(x)
         if dense_drop:
-            x = layers.Dropout(dense_drop, name="drop_head")(x)
-    outputs = layers.Dense(10, activation="softmax", name="probabilities")(x)
+            x = L(layers.Dropout, dense_drop, name="drop_head")(x)
+    # the output layer stays float32: softmax probabilities must sum to 1 exactly enough to compare
+    outputs = layers.Dense(10, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=arch.replace("-", "_"))
 
 

@@ -32,6 +32,7 @@ Listener = Callable[[dict], None]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass
@@ -56,6 +57,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     limit: int | None = None  # stratified subset of the training set, for quick runs
+    precision: str = "float32"  # or "bfloat16": mixed-precision training (weights stay float32)
     tensorboard: bool = False
     preset: str | None = None
 
@@ -73,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         for name, (low, high) in self.BOUNDS.items():
@@ -130,11 +134,11 @@ class TrainConfig:
 # Presets are plain values; see README "Training recipes" for how each was measured.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(arch="paper", epochs=15, batch_size=150, optimizer="adam", learning_rate=1e-3),
-    "fast": dict(arch="modern", widths=[32, 64, 128], epochs=6, batch_size=256, optimizer="adamw",
-                 learning_rate=4e-3, schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1),
-    "best": dict(arch="modern", widths=[48, 96, 192], epochs=20, batch_size=256, optimizer="adamw",
-                 learning_rate=3e-3, schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1,
-                 augment_flip=True, augment_shift=2, tta_flip=True),
+    "fast": dict(arch="modern", widths=[16, 32, 64, 128], epochs=4, batch_size=256, optimizer="adamw",
+                 learning_rate=5e-3, schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1),
+    "best": dict(arch="modern", widths=[32, 64, 128, 256], epochs=18, batch_size=256, optimizer="adamw",
+                 learning_rate=4e-3, schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1,
+                 augment_flip=True, augment_shift=2, tta_flip=True, precision="bfloat16"),
 }
 
 
@@ -362,7 +366,8 @@ def train(config: TrainConfig, dataset: fdata.Dataset | None = None, *, data_dir
         from fmnist.models import build_model
 
         keras.utils.set_random_seed(config.seed)
-        model = build_model(config.arch, widths=config.widths, dropout=config.dropout)
+        model = build_model(config.arch, widths=config.widths, dropout=config.dropout,
+                            precision=config.precision)
         steps_per_epoch = math.ceil(len(splits.x_train) / config.batch_size)
         model.compile(
             optimizer=_make_optimizer(config, steps_per_epoch),
