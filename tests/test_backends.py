@@ -13,7 +13,7 @@ import pytest
 
 from fmnist import data as fdata
 from fmnist import export as fexport
-from fmnist.backends import BACKENDS, REGISTRY, BackendError, get_backend
+from fmnist.backends import BACKENDS, REGISTRY, BackendError, backend_status, get_backend
 from fmnist.runs import DEFAULT_MODEL_DIR, MANIFEST, add_files, atomic_write_json, read_json, verify_run
 
 
@@ -73,6 +73,7 @@ def test_int8_is_close_to_fp32(run, dataset):
 
 
 def test_backend_attributes_and_true_f32(run, dataset):
+    assert all(reason == "" for reason in backend_status(run).values())
     expected = {"keras": "fp32", "openvino-fp32": "fp32", "openvino-int8": "int8"}
     for name in BACKENDS:
         backend = get_backend(run, name)
@@ -148,6 +149,8 @@ def test_run_without_export_says_how_to_export(run_copy):
     manifest = read_json(run_copy / MANIFEST)
     manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("openvino/")}
     atomic_write_json(run_copy / MANIFEST, manifest)
+    status = backend_status(run_copy)
+    assert status["keras"] == "" and "python -m fmnist export" in status["openvino-fp32"]
     for name in ("openvino-fp32", "openvino-int8"):
         with pytest.raises(BackendError, match="python -m fmnist export"):
             get_backend(run_copy, name)
