@@ -13,7 +13,8 @@ OpenVINO details: one `ov.Core` per process; every IR byte is read once, checked
 manifest and openvino/export.json (sha256), and only then handed to OpenVINO from memory, so the
 file checked is the file loaded. The model has a dynamic batch dimension. Each backend keeps two
 compiled models, built on first use: LATENCY hint for 1..SMALL_BATCH images (synchronous calls on
-a pool of infer requests, one per concurrent caller; one thread per request, one stream per core) and THROUGHPUT hint for larger batches
+a pool of infer requests, one per concurrent caller; for small models one thread per request and
+one stream per core) and THROUGHPUT hint for larger batches
 (`AsyncInferQueue` over chunks of `chunk` images, one batch job at a time). Safe to call from
 several threads.
 
@@ -39,7 +40,8 @@ try:
     _CORES = len(os.sched_getaffinity(0))
 except (AttributeError, OSError):
     _CORES = os.cpu_count() or 1
-_LATENCY_STREAMS = max(1, min(_CORES, 8))  # latency path: one single-threaded stream per core
+_LATENCY_STREAMS = max(1, min(_CORES, 8))  # latency path: one single-threaded stream per core...
+SMALL_MODEL_MACS = 12_000_000  # ...for models below this many multiply-adds per image (measured)
 
 
 class BackendError(Exception):
@@ -188,6 +190,7 @@ class OpenVINOBackend:
         if shapes != (["[?,28,28,1]"], ["[?,10]"]):
             raise BackendError(f"{self.run_dir / xml_rel} has inputs {shapes[0]} and outputs {shapes[1]}; "
                                "expected [?,28,28,1] -> [?,10]")
+        self.macs = model_macs(self.model)
         self._compile_lock = threading.Lock()
         self._batch_lock = threading.Lock()
         self._latency = None
@@ -198,11 +201,13 @@ class OpenVINOBackend:
     # -- compiled models (built on first use) --
     def _config(self, hint: str) -> dict:
         config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
-        if hint == "LATENCY":
-            # Measured on 2 cores: this model is ~4 M multiply-adds, so splitting one image over
-            # several threads costs more in synchronisation than it saves (p50 0.26 -> 0.20 ms with one
-            # thread). One thread per request, and one stream per core so concurrent callers run in
-            # parallel instead of queueing behind a single stream (p95 under load 4 ms -> 0.3 ms).
+        if hint == "LATENCY" and self.macs < SMALL_MODEL_MACS:
+            # Measured on 2 cores with the report's model (~4 M multiply-adds per image): splitting
+            # one image over several threads costs more in synchronisation than it saves (p50 0.26 ->
+            # 0.20 ms with one thread). So: one thread per request, one stream per core, and
+            # concurrent callers run in parallel instead of queueing behind a single stream (p95
+            # under load 4 ms -> 0.3 ms). Bigger models (the shipped one has ~10x the work) are
+            # faster with all cores on one image (0.59 -> 0.49 ms), the LATENCY hint's default.
             config.update(NUM_STREAMS=_LATENCY_STREAMS, INFERENCE_NUM_THREADS=_LATENCY_STREAMS)
         return config
 
@@ -271,13 +276,30 @@ class OpenVINOBackend:
 
     def describe(self) -> dict:
         info = {"name": self.name, "precision": self.precision, "device": self.device, "run": str(self.run_dir),
-                "ir": "/".join(self.source_files[0].split("/")[:-1]), "chunk": self.chunk}
+                "ir": "/".join(self.source_files[0].split("/")[:-1]), "chunk": self.chunk, "macs": self.macs}
         for label, compiled in (("latency", self._latency), ("throughput", self._throughput)):
             if compiled is not None:
                 info[label] = {k: _plain(compiled.get_property(k)) for k in
                                ("PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "NUM_STREAMS",
                                 "INFERENCE_NUM_THREADS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS")}
         return info
+
+
+def model_macs(model) -> int:
+    """Multiply-adds per image of an ov.Model's convolutions and matrix products (an estimate)."""
+    total = 0
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind not in ("Convolution", "GroupConvolution", "MatMul"):
+            continue
+        try:
+            weights = [d.get_length() for d in op.input(1).get_partial_shape()]
+            out = op.output(0).get_partial_shape()
+            spatial = int(np.prod([d.get_length() for d in list(out)[2:]])) if kind != "MatMul" else 1
+        except (RuntimeError, ValueError):  # a dynamic dimension other than the batch
+            continue
+        total += int(np.prod(weights)) * spatial
+    return total
 
 
 def _plain(value):
