@@ -35,7 +35,7 @@ MAX_BATCH_POINTS = 1500  # per-batch points kept for live charts (older points a
 
 
 def _child_main(config_dict: dict, runs_root: str | None, data_dir: str | None, run_name: str,
-                events, stop_event, dataset) -> None:
+                events, stop_event, dataset, export: bool = True) -> None:
     """Entry point of the training child process: train and forward every event to the parent."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
@@ -43,7 +43,7 @@ def _child_main(config_dict: dict, runs_root: str | None, data_dir: str | None, 
 
         config = TrainConfig.from_dict(config_dict)
         train(config, dataset, data_dir=data_dir, listeners=[events.put], stop_event=stop_event,
-              runs_root=runs_root, run_name=run_name)
+              runs_root=runs_root, run_name=run_name, export=export)
     except BaseException as exc:  # report anything, including an import failure, as a failed job
         events.put({"kind": "failed", "run_dir": None, "message": f"{type(exc).__name__}: {exc}"})
     finally:
@@ -63,6 +63,7 @@ class Job:
     data_dir: str | None
     run_name: str
     dataset: Any = None  # optional in-memory dataset (tests); otherwise the child loads data_dir
+    export: bool = True  # export the finished run to OpenVINO (FP32 and INT8)
     created: float = field(default_factory=time.time)
     status: str = "queued"
     message: str = ""
@@ -142,8 +143,9 @@ class JobManager:
     """
 
     def __init__(self, max_running: int = 1, use_process: bool = True, orphan_grace_s: float = 45.0,
-                 poll_s: float = 0.1):
+                 poll_s: float = 0.1, export: bool = True):
         self.max_running = max_running
+        self.export = export
         self.use_process = use_process
         self.orphan_grace_s = orphan_grace_s
         self.poll_s = poll_s
@@ -164,8 +166,9 @@ class JobManager:
         self._session_alive = alive
 
     def submit(self, config, session_id: str, runs_root: str | os.PathLike | None = None,
-               data_dir: str | os.PathLike | None = None, dataset=None) -> Job:
-        """Queue a training (a TrainConfig or its dict); validated here so bad input fails early."""
+               data_dir: str | os.PathLike | None = None, dataset=None, export: bool | None = None) -> Job:
+        """Queue a training (a TrainConfig or its dict); validated here so bad input fails early.
+        export=None uses the manager's default (FMNIST_JOBS_EXPORT=0 turns the OpenVINO export off)."""
         from fmnist.runs import new_run_name
         from fmnist.training import TrainConfig
 
@@ -175,7 +178,7 @@ class JobManager:
         job = Job(id=f"job{next(self._counter)}-{uuid.uuid4().hex[:8]}", session_id=session_id,
                   config=config.to_dict(), runs_root=str(runs_root) if runs_root else None,
                   data_dir=str(data_dir) if data_dir else None, run_name=new_run_name(config.params_key),
-                  dataset=dataset, _manager=self)
+                  dataset=dataset, export=self.export if export is None else bool(export), _manager=self)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the job manager is shut down")
@@ -304,7 +307,7 @@ class JobManager:
                 events, stop_event = ctx.Queue(), ctx.Event()
                 proc = ctx.Process(target=_child_main, name=f"fmnist-train-{nxt.id}", daemon=True,
                                    args=(nxt.config, nxt.runs_root, nxt.data_dir, nxt.run_name, events,
-                                         stop_event, nxt.dataset))
+                                         stop_event, nxt.dataset, nxt.export))
                 nxt._stop_event = stop_event
                 if nxt.stop_requested:
                     stop_event.set()
@@ -392,7 +395,7 @@ def _thread_main(job: Job, events: queue_mod.Queue, stop_event: threading.Event)
         from fmnist.training import TrainConfig, train
 
         train(TrainConfig.from_dict(job.config), job.dataset, data_dir=job.data_dir, listeners=[events.put],
-              stop_event=stop_event, runs_root=job.runs_root, run_name=job.run_name)
+              stop_event=stop_event, runs_root=job.runs_root, run_name=job.run_name, export=job.export)
     except BaseException as exc:
         events.put({"kind": "failed", "run_dir": None, "message": f"{type(exc).__name__}: {exc}"})
     finally:
@@ -414,9 +417,11 @@ _MANAGER_LOCK = threading.Lock()
 
 
 def get_manager() -> JobManager:
-    """The process-wide manager (one queue per server). FMNIST_JOBS_INPROCESS=1 uses threads."""
+    """The process-wide manager (one queue per server). FMNIST_JOBS_INPROCESS=1 uses threads;
+    FMNIST_JOBS_EXPORT=0 skips the OpenVINO export of finished runs (quicker tests)."""
     global _MANAGER
     with _MANAGER_LOCK:
         if _MANAGER is None:
-            _MANAGER = JobManager(use_process=os.environ.get("FMNIST_JOBS_INPROCESS") != "1")
+            _MANAGER = JobManager(use_process=os.environ.get("FMNIST_JOBS_INPROCESS") != "1",
+                                  export=os.environ.get("FMNIST_JOBS_EXPORT", "1") != "0")
         return _MANAGER
