@@ -90,3 +90,35 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
     return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def _font(px: int):
+    from PIL import ImageFont
+
+    for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf"):
+        try:
+            return ImageFont.truetype(path, px)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=px)
+
+
+def label_rows(image: np.ndarray, names: list[str] | tuple[str, ...], pitch: int, tile: int | None = None,
+               font_px: int | None = None) -> np.ndarray:
+    """The grid image with each row's name written on a white margin at its left.
+
+    Names are part of the picture, so they line up with their rows at any display size. `pitch`
+    is the distance in pixels between rows, `tile` the height of one row's images (default pitch).
+    """
+    from PIL import Image, ImageDraw
+
+    image = np.asarray(image, dtype=np.uint8)
+    tile = tile or pitch
+    font = _font(font_px or max(10, int(tile * 0.36)))
+    width = int(max(font.getlength(n) for n in names)) + max(8, tile // 4)
+    out = Image.new("L", (width + image.shape[1], image.shape[0]), 255)
+    out.paste(Image.fromarray(image), (width, 0))
+    draw = ImageDraw.Draw(out)
+    for r, name in enumerate(names):
+        draw.text((0, r * pitch + tile / 2), name, fill=40, font=font, anchor="lm")
+    return np.asarray(out)

@@ -23,10 +23,8 @@ with left:
     if c2.button("Reshuffle", icon=":material/shuffle:", key="data_reshuffle"):
         st.session_state["data_seed"] = st.session_state.get("data_seed", 0) + 1
     grid, _ = explore.sample_grid(ds.x_train, ds.y_train, per_class, st.session_state.get("data_seed", 0))
-    gcol_names, gcol_img = st.columns([1, 5])
-    gcol_names.markdown("<div style='line-height:2.55em;padding-top:0.3em'>" +
-                        "<br>".join(CLASS_NAMES) + "</div>", unsafe_allow_html=True)
-    gcol_img.image(explore.enlarge(grid, 3), clamp=True)
+    # class names drawn into the picture: they stay level with their rows at any width
+    st.image(explore.label_rows(explore.enlarge(grid, 3), CLASS_NAMES, pitch=30 * 3, tile=28 * 3), clamp=True)
 with right:
     st.subheader("Class counts")
     val_fraction = st.slider("Validation fraction", 0.0, 0.5, 0.1, 0.05, key="data_val_fraction",

@@ -75,8 +75,9 @@ m[2].metric("Train accuracy", f"{train_acc:.2%}" if isinstance(train_acc, float)
 m[3].metric("Validation accuracy", f"{val_acc:.2%}" if isinstance(val_acc, float) else "n/a")
 if isinstance(train_acc, float) and isinstance(val_acc, float):
     gap = train_acc - val_acc
-    m[4].metric("Train − validation gap", f"{gap * 100:.2f} pts",
-                help="The report's overfitting story: 99.28% train vs 91.15% validation (8.1 points). "
+    m[4].metric("Train − val gap", f"{gap * 100:.2f} pts",
+                help="Train accuracy minus validation accuracy. "
+                     "The report's overfitting story: 99.28% train vs 91.15% validation (8.1 points). "
                      "A large gap means the model memorises the training set.")
     if gap > 0.04:
         st.warning(f"Overfitting: {train_acc:.2%} on training images vs {val_acc:.2%} on validation. "

@@ -177,10 +177,10 @@ if config is not None:
                 "parameters": st.column_config.NumberColumn(format="localized")})
             st.caption(f"Total parameters: {sum(r['parameters'] for r in rows):,}")
 
-c1, c2, c3 = st.columns([1, 1, 4])
-start_clicked = c1.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start",
-                          disabled=busy or config is None)
-stop_clicked = c2.button("Stop", icon=":material/stop:", key="train_stop", disabled=not busy)
+buttons = st.container(horizontal=True, vertical_alignment="center")  # never truncated
+start_clicked = buttons.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start",
+                               disabled=busy or config is None)
+stop_clicked = buttons.button("Stop", icon=":material/stop:", key="train_stop", disabled=not busy)
 if start_clicked and config is not None and not busy:
     try:
         job = _state.job_manager().submit(config, _state.session_id(), runs_root=_state.runs_dir(),
@@ -196,8 +196,8 @@ if stop_clicked and job is not None:
     st.rerun()
 others = [j for j in _state.job_manager().active_jobs() if job is None or j.id != job.id]
 if others and not busy:
-    c3.caption(f"{len(others)} training job(s) from other sessions are queued or running on this server; "
-               "yours will wait its turn.")
+    buttons.caption(f"{len(others)} training job(s) from other sessions are queued or running on this server; "
+                    "yours will wait its turn.")
 
 if job is not None:
     live_panel(job.id, busy)

@@ -132,7 +132,7 @@ def test_train_page_widgets_bounds_and_bad_input(app):
 def test_results_page_metrics_and_cell_gallery(app):
     goto(app, "results")
     labels = [m.label for m in app.metric]
-    assert "Test accuracy" in labels and "Train − validation gap" in labels
+    assert "Test accuracy" in labels and "Train − val gap" in labels
     assert app.toggle(key="res_normalise") is not None
     app.selectbox(key="res_pick_true").set_value("Trouser").run()
     app.selectbox(key="res_pick_pred").set_value("Trouser").run()

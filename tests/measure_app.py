@@ -1,0 +1,201 @@
+"""Measure the app's must-show figures in Debian's Chromium (not a pytest module).
+
+    export FMNIST_DATA_DIR=/work/shared/data/fashion-mnist
+    python tests/measure_app.py coldstart [--repeat 3]    # `streamlit run` start -> first rendered page
+    python tests/measure_app.py stroke [--strokes 10]     # canvas stroke -> prediction, OpenVINO FP32
+    python tests/measure_app.py throughput [--repeat 2]   # app training vs CLI, images/s (status.json)
+    python tests/measure_app.py screenshots OUT_DIR       # full-page PNG of every page
+
+Each command starts its own `streamlit run` on a free port with FMNIST_RUNS_DIR in a temporary
+folder (the shipped default model is always there), so nothing in ./runs is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import test_browser as tb  # noqa: E402  (ARGS, open_page, wait_idle, free_port)
+
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+CAPTION_MS = ("() => Array.from(document.querySelectorAll('[data-testid=stCaptionContainer]'))"
+              ".map(e => e.innerText).filter(t => t.includes(' ms')).join('|')")
+
+
+@contextmanager
+def server(runs: Path, extra_env: dict | None = None):
+    port = tb.free_port()
+    env = {**os.environ, "FMNIST_RUNS_DIR": str(runs), **(extra_env or {})}
+    log = open(runs / f".streamlit-{port}.log", "wb")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port",
+                             str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited; see {log.name}")
+            time.sleep(0.05)
+        yield url, t0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def launch(p):
+    return p.chromium.launch(executable_path=shutil.which("chromium"), args=tb.ARGS)
+
+
+def coldstart(args) -> None:
+    times = []
+    with sync_playwright() as p:
+        browser = launch(p)  # the browser is already open; the clock starts with `streamlit run`
+        for _ in range(args.repeat):
+            with tempfile.TemporaryDirectory() as tmp, server(Path(tmp)) as (url, t0):
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(url)
+                page.wait_for_selector("h1", timeout=60_000)
+                page.wait_for_selector("[data-testid='stSidebar'] [data-testid='stSelectbox']", timeout=60_000)
+                times.append(time.monotonic() - t0)
+                page.close()
+        browser.close()
+    print("cold start to first rendered page (s):", [round(t, 2) for t in times],
+          "median", round(statistics.median(times), 2))
+
+
+def stroke(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp, server(Path(tmp)) as (url, _), sync_playwright() as p:
+        browser = launch(p)
+        page = tb.open_page(browser, f"{url}/classify")
+        backend = page.locator(".st-key-backend").inner_text()
+        page.get_by_role("tab", name="Draw").click()
+        canvas = page.locator("canvas.upper-canvas").first
+        canvas.wait_for()
+        box = canvas.bounding_box()
+        times = []
+        for i in range(args.strokes + 1):  # the first stroke loads the model: not counted
+            before = page.evaluate(CAPTION_MS)
+            x0, y0 = box["x"] + 40 + i * 18, box["y"] + 30
+            page.mouse.move(x0, y0)
+            page.mouse.down()
+            for k in range(10):
+                page.mouse.move(x0 + (k % 2) * 6, y0 + k * 20)
+            t0 = time.monotonic()
+            page.mouse.up()
+            page.wait_for_function(f"(b) => {{ const t = ({CAPTION_MS})(); return t && t !== b; }}",
+                                   arg=before, timeout=30_000)
+            times.append(time.monotonic() - t0)
+            time.sleep(0.3)
+        print("backend:", backend.replace("\n", " "), "| last caption:", page.evaluate(CAPTION_MS))
+        print("stroke -> prediction (s):", [round(t, 3) for t in times])
+        print(f"p50 over {args.strokes} strokes (first, model-loading stroke excluded): "
+              f"{statistics.median(times[1:]):.3f} s, max {max(times[1:]):.3f} s")
+        browser.close()
+
+
+def _app_training(url: str, runs: Path, epochs: int, limit: int, batch: int) -> dict:
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = tb.open_page(browser, f"{url}/train")
+        tb._start_training(page, epochs=epochs, limit=limit, batch_size=batch)
+        page.locator("[data-testid='stAlertContentSuccess']").get_by_text("Finished").wait_for(timeout=600_000)
+        browser.close()
+    status = [json.loads(s.read_text()) for s in runs.glob("*/status.json")]
+    assert len(status) == 1, status
+    return status[0]
+
+
+def _cli_training(runs: Path, epochs: int, limit: int, batch: int) -> dict:
+    subprocess.run([sys.executable, "-m", "fmnist", "train", "--arch", "modern", "--epochs", str(epochs),
+                    "--limit", str(limit), "--batch-size", str(batch), "--no-export", "--runs-dir", str(runs)],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status = [json.loads(s.read_text()) for s in runs.glob("*/status.json")]
+    assert len(status) == 1, status
+    return status[0]
+
+
+def throughput(args) -> None:
+    app, cli = [], []
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            cli.append(_cli_training(Path(tmp), args.epochs, args.limit, args.batch)["images_per_s"])
+        with tempfile.TemporaryDirectory() as tmp, server(Path(tmp), {"FMNIST_JOBS_EXPORT": "0"}) as (url, _):
+            app.append(_app_training(url, Path(tmp), args.epochs, args.limit, args.batch)["images_per_s"])
+        print(f"  cli {cli[-1]:.0f} img/s, app {app[-1]:.0f} img/s", flush=True)
+    ratio = statistics.median(app) / statistics.median(cli)
+    print(f"training throughput, modern, epochs={args.epochs}, limit={args.limit}, batch={args.batch}: "
+          f"CLI {[round(c) for c in cli]} img/s, app (Train page open) {[round(a) for a in app]} img/s; "
+          f"app/CLI (medians) = {ratio:.1%}")
+
+
+def screenshots(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, server(Path(tmp)) as (url, _), sync_playwright() as p:
+        browser = launch(p)
+        page = tb.open_page(browser, url, width=args.width)
+        for path in ("", "data", "train", "results", "classify", "compare"):
+            page.goto(f"{url}/{path}")
+            tb.wait_idle(page)
+            page.wait_for_function("() => !document.querySelector('[data-testid=stSpinner]')", timeout=120_000)
+            time.sleep(1.5)  # plotly and images settle
+            errors = page.locator(tb.ERRORS).all_inner_texts()
+            # the app scrolls inside its main area: grow the window to the content's height
+            height = page.evaluate("() => Math.max(...Array.from(document.querySelectorAll("
+                                   "'[data-testid=stMain], [data-testid=stMainBlockContainer]')).map(e => e.scrollHeight))")
+            page.set_viewport_size({"width": args.width, "height": min(max(int(height) + 40, 1000), 6000)})
+            time.sleep(1.0)
+            page.screenshot(path=str(out / f"{path or 'home'}.png"), full_page=True)
+            page.set_viewport_size({"width": args.width, "height": 1000})
+            print(f"{path or 'home'}: errors={errors}")
+        browser.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("coldstart")
+    s.add_argument("--repeat", type=int, default=3)
+    s.set_defaults(func=coldstart)
+    s = sub.add_parser("stroke")
+    s.add_argument("--strokes", type=int, default=10)
+    s.set_defaults(func=stroke)
+    s = sub.add_parser("throughput")
+    s.add_argument("--repeat", type=int, default=2)
+    s.add_argument("--epochs", type=int, default=1)
+    s.add_argument("--limit", type=int, default=10_000)
+    s.add_argument("--batch", type=int, default=128)
+    s.set_defaults(func=throughput)
+    s = sub.add_parser("screenshots")
+    s.add_argument("out")
+    s.add_argument("--width", type=int, default=1400)
+    s.set_defaults(func=screenshots)
+    args = ap.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
