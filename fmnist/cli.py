@@ -326,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    if args.command not in ("runs",):  # every other command may need TensorFlow
+        from fmnist.training import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     try:
         return int(args.func(args) or 0)
     except CLIError as exc:

@@ -170,6 +170,31 @@ def configure_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and initialise its devices with file descriptor 2 pointed at /dev/null.
+
+    TensorFlow 2.21 prints oneDNN/CUDA notices from C++ before its log level applies; a command
+    line tool should not greet people with them. Python exceptions still surface after the import.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return
+    configure_tensorflow()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class _Schedule:
     """Warm-up then cosine or linear (one-cycle) decay, as a Keras LearningRateSchedule."""
 
