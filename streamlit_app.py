@@ -28,3 +28,4 @@ PAGES = [
 page = st.navigation(PAGES)
 _state.sidebar()
 page.run()
+_state.warm_up()  # once per server, in the background: the classification model

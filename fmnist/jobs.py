@@ -36,8 +36,16 @@ MAX_BATCH_POINTS = 1500  # per-batch points kept for live charts (older points a
 
 def _child_main(config_dict: dict, runs_root: str | None, data_dir: str | None, run_name: str,
                 events, stop_event, dataset, export: bool = True) -> None:
-    """Entry point of the training child process: train and forward every event to the parent."""
+    """Entry point of the training child process: train and forward every event to the parent.
+
+    The child runs at a lower CPU priority (FMNIST_TRAIN_NICE, default 5): on an otherwise idle
+    machine it still gets every core, but the web server and the browsers that classify while it
+    trains are served first."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        os.nice(int(os.environ.get("FMNIST_TRAIN_NICE", "5")))
+    except (OSError, ValueError, AttributeError):
+        pass
     try:
         from fmnist.training import TrainConfig, train
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -252,3 +253,37 @@ def current_run():
 
 def current_backend() -> str:
     return st.session_state.get(BACKEND_KEY, "keras")
+
+
+# ---- warm-up -----------------------------------------------------------------------------------
+
+@st.cache_resource(show_spinner=False)
+def _warm_up_flag() -> dict:
+    return {"started": False}
+
+
+def warm_up() -> None:
+    """Once per server, after the first page is on screen: load the current model with the current
+    backend, and the photo pipeline, in a background thread, so that the first upload or stroke
+    does not wait for OpenVINO to import and compile (seconds on a busy 2-core machine).
+    fmnist.backends keeps one predictor per (run, backend) per process, so the pages reuse it."""
+    flag = _warm_up_flag()
+    if flag["started"]:
+        return
+    flag["started"] = True
+    run, name = current_run(), current_backend()
+    if run is None or name == "keras":  # Keras would pull TensorFlow into the server: only on demand
+        return
+
+    def work() -> None:
+        try:
+            import numpy as np
+
+            import fmnist.preprocess  # noqa: F401
+            from fmnist.backends import get_backend
+
+            get_backend(run.path, name).predict_proba(np.zeros((1, 28, 28), np.float32))
+        except Exception:  # a missing export etc. is reported by the page that needs the model
+            pass
+
+    threading.Thread(target=work, name="fmnist-warm-up", daemon=True).start()

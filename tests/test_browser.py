@@ -49,7 +49,9 @@ def free_port() -> int:
 def server(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     port = free_port()
-    env = {**os.environ, "FMNIST_RUNS_DIR": str(runs), "FMNIST_DATA_DIR": str(Path(DATA_DIR).resolve())}
+    # FMNIST_JOBS_EXPORT=0: app trainings skip the OpenVINO export (tests/test_export.py covers it)
+    env = {**os.environ, "FMNIST_RUNS_DIR": str(runs), "FMNIST_DATA_DIR": str(Path(DATA_DIR).resolve()),
+           "FMNIST_JOBS_EXPORT": "0"}
     log = open(runs.parent / f"streamlit-{port}.log", "wb")
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port",
@@ -170,8 +172,8 @@ def test_training_live_chart_then_results_and_confusion_gallery(server, browser)
         time.sleep(0.3)
     assert len(steps) >= 2, steps
     assert drawn == total  # every batch of the epoch is on the live chart
-    done = page.get_by_text(re.compile(r"Finished: test accuracy"))
-    done.wait_for(timeout=240_000)
+    page.locator("[data-testid='stAlertContentSuccess']").get_by_text(
+        re.compile(r"Finished: test accuracy")).wait_for(timeout=240_000)
     text = page.locator("[data-testid='stAlertContentSuccess']").inner_text()
     name = re.search(r"Saved as (\S+?);", text).group(1)
     assert_no_errors(page)
@@ -196,15 +198,25 @@ def test_training_live_chart_then_results_and_confusion_gallery(server, browser)
     page.close()
 
 
-def _classify_upload(page, image: np.ndarray, name: str) -> tuple[str, float]:
-    """Upload one PNG on the Classify page; returns (predicted class, seconds to the answer)."""
+def _classify_together(pages, images, tag: str, nth: int) -> tuple[list[str], list[float]]:
+    """Both sessions upload at the same moment (session i: `session{i}{tag}.png`, a dark item on
+    white like a photo); returns each session's predicted class and seconds to its answer."""
     t0 = time.monotonic()
-    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(
-        files=[{"name": name, "mimeType": "image/png", "buffer": png_bytes(image)}])
-    page.get_by_text("Model input (28x28)").first.wait_for(timeout=60_000)
-    seconds = time.monotonic() - t0
-    wait_idle(page)
-    return page.locator("[data-testid='stMain'] h3").first.inner_text(), seconds
+    for i, (page, image) in enumerate(zip(pages, images)):
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(
+            files=[{"name": f"session{i}{tag}.png", "mimeType": "image/png", "buffer": png_bytes(255 - image)}])
+    done: dict[int, float] = {}
+    while len(done) < len(pages):
+        for i, page in enumerate(pages):
+            if i not in done and page.get_by_text("Model input (28x28)").count() >= nth:
+                done[i] = time.monotonic() - t0
+        assert time.monotonic() - t0 < 60, f"no answer after 60 s: {done}"
+        time.sleep(0.02)
+    labels = []
+    for page in pages:
+        wait_idle(page)
+        labels.append(page.locator("[data-testid='stMain'] h3").nth(nth - 1).inner_text())
+    return labels, [done[i] for i in range(len(pages))]
 
 
 def test_upload_draw_and_sessions_during_training_with_stop(server, browser):
@@ -213,30 +225,39 @@ def test_upload_draw_and_sessions_during_training_with_stop(server, browser):
     from fmnist.data import load_fashion_mnist
 
     ds = load_fashion_mnist(DATA_DIR)
+    outside_load = os.getloadavg()[0] / (os.cpu_count() or 1)  # other work on the machine, before ours
     trainer = open_page(browser, f"{server['url']}/train")
     _start_training(trainer, epochs=30, limit=3000)
     trainer.wait_for_function("() => document.querySelector('.st-key-live_batches .js-plotly-plot')",
                               timeout=120_000)
 
     # two other sessions classify different images while the training runs
-    pages, answers = [], []
+    pages = []
     for idx in (0, 1):
         p = open_page(browser, f"{server['url']}/classify")
         pages.append(p)
     if pages[0].get_by_text("No trained model yet").count():
         pytest.skip("needs a model: the shipped default or the run trained by the previous test")
-    seconds = []
+    first, warm = _classify_together(pages, [ds.x_test[0], ds.x_test[1]], "a", 1)  # loads the model
+    again, seconds = _classify_together(pages, [ds.x_test[2], ds.x_test[3]], "b", 2)
     for i, p in enumerate(pages):
-        image = ds.x_test[i]
-        label, s = _classify_upload(p, 255 - image, f"session{i}.png")  # dark item on white, like a photo
-        seconds.append(s)
-        answers.append(label)
-        assert label in CLASSES
-        assert p.get_by_text(f"session{i}.png").count() == 1
-        assert p.get_by_text(f"session{1 - i}.png").count() == 0  # no cross-talk between sessions
+        assert first[i] in CLASSES and again[i] in CLASSES
+        mine = [f"session{i}a.png", f"session{i}b.png"]
+        assert sorted(p.locator("[data-testid='stFileChipName']").all_inner_texts()) == mine
+        assert [t for t in p.locator("[data-testid='stMain'] strong").all_inner_texts() if ".png" in t] == mine
+        for theirs in (f"session{1 - i}a.png", f"session{1 - i}b.png"):
+            assert p.get_by_text(theirs).count() == 0  # no cross-talk between sessions
+        assert p.get_by_text("Model input (28x28)").count() == 2
         assert_no_errors(p)
-    print(f"classification during training: {[round(s, 2) for s in seconds]} s")
-    assert max(seconds) < 2.0 + 3.0  # 2 s target; slack for the first model load in a busy CI
+    print(f"classification during training: first (model load) {[round(s, 2) for s in warm]} s, "
+          f"then {[round(s, 2) for s in seconds]} s")
+    assert max(warm) < 30.0  # the first upload of each page also loads plotly.js in the browser
+    # the issue's target: an answer within 2 s while a training runs (most of it is the browser
+    # rendering the page). A machine already loaded by other work (load average per core above 1
+    # before this test began) stretches every time; the bound stretches with it, up to 10 s.
+    limit = min(2.0 * max(1.0, outside_load), 10.0)
+    slow = None if max(seconds) < limit else (seconds, f"limit {limit:.1f} s; load before the test "
+                                                       f"{outside_load:.1f} per core")  # checked at the end
 
     # drawing strokes on the canvas shows a prediction
     drawer = pages[0]
@@ -267,8 +288,9 @@ def test_upload_draw_and_sessions_during_training_with_stop(server, browser):
     # Stop stops: within a batch, then the best weights are saved as a stopped run
     t0 = time.monotonic()
     trainer.get_by_role("button", name="Stop").click()
-    trainer.get_by_text(re.compile(r"^Stopped:")).wait_for(timeout=180_000)
+    trainer.locator("[data-testid='stMain']").get_by_text(re.compile(r"^Stopped:")).first.wait_for(timeout=180_000)
     print(f"stop to saved run: {time.monotonic() - t0:.1f}s")
     assert_no_errors(trainer)
     for p in (trainer, *pages):
         p.close()
+    assert slow is None, slow
