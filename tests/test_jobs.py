@@ -34,8 +34,9 @@ def test_one_job_at_a_time_with_queue_positions_and_no_cross_talk(threads, data,
     b = threads.submit(TrainConfig(**{**TINY, "seed": 1}), "session-b", runs_root=tmp_path, dataset=data)
     seen_b_waiting = False
     while a.snapshot()["active"]:
+        a_started = a.snapshot()["status"] != "queued"  # until the scheduler picks a up, b is 2nd
         snap_b = b.snapshot()
-        if snap_b["status"] == "queued":
+        if snap_b["status"] == "queued" and a_started:
             assert snap_b["queue_position"] == 1
             seen_b_waiting = True
         assert not (a.snapshot()["status"] == "running" and snap_b["status"] == "running")
@@ -60,11 +61,14 @@ def test_stop_within_a_batch_and_cancel_queued(threads, data, tmp_path):
     assert queued.snapshot()["queue_position"] == 1
     queued.stop()
     assert queued.snapshot()["status"] == "cancelled"
-    step_at_stop = long.snapshot()["last_batch"]["global_step"]
     long.stop()
+    # the step the training had reached when stop was called: the job's last applied batch plus
+    # the events still waiting in its queue (a loaded machine lets the trainer run ahead)
+    backlog = threads._running[long.id]["events"].qsize() if long.id in threads._running else 0
+    step_at_stop = long.snapshot()["last_batch"]["global_step"] + backlog
     final = threads.wait(long.id, 120)
     assert final["status"] == "stopped"
-    assert final["last_batch"]["global_step"] <= step_at_stop + 3  # honoured within a batch or two
+    assert final["last_batch"]["global_step"] <= step_at_stop + 2  # honoured within a batch or two
     assert final["run_dir"] and os.path.isdir(final["run_dir"])
 
 
