@@ -28,7 +28,7 @@ SIDE = 28
 WORK_SIDE = 160  # photos are analysed at this longest side: ample for a 28-pixel result
 TRIM_TOLERANCE = 0.05  # the recipe's "within 5% of the corner colour" (of the RGB cube's diagonal)
 PLAIN_BORDER_SHARE = 0.85  # a background is plain when this share of the border matches the corner colour
-SHARPEN_RADIUS = 0.75  # unsharp mask Gaussian radius (the paper: 1) and amount, chosen on training items
+SHARPEN_RADIUS = 1.0  # unsharp mask: the paper's Gaussian radius; amount measured in docs/photos.md
 SHARPEN_PERCENT = 50
 LOW_CONTRAST = 40  # grey levels between item and background below which a warning is given
 EMPTY_CANVAS_MESSAGE = "The canvas is empty: draw an item first."
@@ -245,8 +245,8 @@ def resize_longest(rgb: np.ndarray, side: int = SIDE) -> np.ndarray:
 
 
 def sharpen(rgb: np.ndarray, radius: float = SHARPEN_RADIUS, percent: int = SHARPEN_PERCENT) -> np.ndarray:
-    """Recipe step 4: unsharp mask (the paper's Gaussian of radius 1, here 0.75 at 50 %: closest to the
-    originals in the round trip on training items, docs/photos.md)."""
+    """Recipe step 4: unsharp mask with a Gaussian of radius 1 (strongest along outlines); 50 % kept
+    predictions closest to the originals over two models in the round trip on training items."""
     from PIL import Image, ImageFilter
 
     img = Image.fromarray(to_uint8(rgb))
@@ -266,8 +266,8 @@ def resize_flat_lay(rgb: np.ndarray, side: int = SIDE, width: int = 24, widest: 
 def centre_offsets(length: int, side: int = SIDE) -> int:
     """Where an item `length` pixels long starts when centred in `side`: Fashion-MNIST puts an odd spare
     pixel before the item (all 60000 training items: start = ceil((28 - size) / 2) for 99.8 % horizontally
-    and 98.7 % vertically), so round up; rounding down moved a third of the items by one pixel and cost
-    0.9 points of round-trip agreement on training items (docs/photos.md)."""
+    and 98.7 % vertically), so round up; rounding down moved a third of the items by one pixel away from
+    where the model saw them in training (round-trip figures in docs/photos.md)."""
     return (side - length + 1) // 2
 
 
