@@ -38,9 +38,9 @@ def _child_main(config_dict: dict, runs_root: str | None, data_dir: str | None, 
                 events, stop_event, dataset, export: bool = True) -> None:
     """Entry point of the training child process: train and forward every event to the parent.
 
-    The child runs at a lower CPU priority (FMNIST_TRAIN_NICE, default 5): on an otherwise idle
-    machine it still gets every core, but the web server and the browsers that classify while it
-    trains are served first."""
+    The child runs at a lower CPU priority (FMNIST_TRAIN_NICE, default 5) so that sessions that
+    classify meanwhile are answered first (on 2 cores, at nice 0 answers took 2.3-4 s instead of
+    under 2 s); the price is some training speed while pages refresh (see docs/app.md)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         os.nice(int(os.environ.get("FMNIST_TRAIN_NICE", "5")))

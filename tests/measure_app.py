@@ -120,6 +120,8 @@ def _app_training(url: str, runs: Path, epochs: int, limit: int, batch: int) -> 
     with sync_playwright() as p:
         browser = launch(p)
         page = tb.open_page(browser, f"{url}/train")
+        # like a user who reads the layer table first: the server has imported TensorFlow to build it
+        page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=120_000)
         tb._start_training(page, epochs=epochs, limit=limit, batch_size=batch)
         page.locator("[data-testid='stAlertContentSuccess']").get_by_text("Finished").wait_for(timeout=600_000)
         browser.close()

@@ -163,7 +163,7 @@ def _batches_drawn(page) -> int:
 
 def test_training_live_chart_then_results_and_confusion_gallery(server, browser):
     page = open_page(browser, f"{server['url']}/train")
-    _start_training(page, epochs=1, limit=1500, batch_size=24)  # ~56 batches: several chart updates
+    _start_training(page, epochs=1, limit=4000, batch_size=16)  # 225 batches: several 2 s updates
     steps, drawn, deadline = set(), 0, time.monotonic() + 180
     while time.monotonic() < deadline:  # progress and the live chart update while it trains
         for text in page.locator("[data-testid='stProgress']").all_inner_texts():
@@ -189,7 +189,8 @@ def test_training_live_chart_then_results_and_confusion_gallery(server, browser)
     page.locator(".st-key-current_run").click()
     page.get_by_role("option", name=re.compile(re.escape(name))).click()
     wait_idle(page)
-    assert name in page.locator("[data-testid='stCaptionContainer']").first.inner_text()
+    page.locator("[data-testid='stMain'] [data-testid='stCaptionContainer']").filter(
+        has_text=name).first.wait_for(timeout=30_000)  # Results now shows the new run
     page.get_by_role("tab", name="Confusion matrix").click()
     chart = page.locator(".st-key-res_confusion_" + name.replace(".", "-") + " .js-plotly-plot")
     chart.wait_for()
