@@ -403,7 +403,7 @@ def train(config: TrainConfig, dataset: fdata.Dataset | None = None, *, data_dir
         val_ds = make_eval_dataset(splits.x_val, splits.y_val) if len(splits.x_val) else None
         callbacks = [_bridge_callback(config, emit, stop_event, steps_per_epoch, len(splits.x_train),
                                       history, state)]
-        name = run_name or fdata_run_name(config)
+        name = run_name or _default_run_name(config)
         if save:
             from fmnist.runs import RunWriter
 
@@ -481,7 +481,7 @@ def train(config: TrainConfig, dataset: fdata.Dataset | None = None, *, data_dir
         return TrainResult("failed", run_dir, message, history, {}, time.perf_counter() - t_start)
 
 
-def fdata_run_name(config: TrainConfig) -> str:
+def _default_run_name(config: TrainConfig) -> str:
     from fmnist.runs import new_run_name
 
     return new_run_name(config.params_key)
