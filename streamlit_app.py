@@ -5,16 +5,13 @@ Pages are thin: they call `fmnist` and render; TensorFlow and OpenVINO load only
 """
 
 import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
 
-if PagesManager.uses_pages_directory:  # see pages/_state.py ensure_navigation
-    PagesManager.uses_pages_directory = False
-    st.rerun()
+from pages import _state  # defines cached resources only: no Streamlit command runs at import
 
+_state.ensure_navigation()
 st.set_page_config(page_title="Fashion-MNIST Studio", page_icon="👕", layout="wide",
                    initial_sidebar_state="expanded")
 
-from pages import _state  # noqa: E402  (after set_page_config)
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

@@ -30,9 +30,11 @@ def ensure_navigation() -> None:
     run in the old pages-directory mode when that run opens a deep link (e.g. /train): the page
     runs alone, without the sidebar and page config. Switch the mode off and rerun the app.
     """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
+    try:  # a private Streamlit attribute (1.67); if a later release drops it, there is nothing to fix
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
         PagesManager.uses_pages_directory = False
         st.rerun()
 
