@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,32 +35,9 @@ CAPTION_MS = ("() => Array.from(document.querySelectorAll('[data-testid=stCaptio
 
 @contextmanager
 def server(runs: Path, extra_env: dict | None = None):
-    port = tb.free_port()
-    env = {**os.environ, "FMNIST_RUNS_DIR": str(runs), **(extra_env or {})}
-    log = open(runs / f".streamlit-{port}.log", "wb")
-    t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port",
-                             str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited; see {log.name}")
-            time.sleep(0.05)
-        yield url, t0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    """tests/test_browser.py's server, yielding (url, the time `streamlit run` started)."""
+    with tb.streamlit_server(runs, extra_env) as info:
+        yield info["url"], info["t0"]
 
 
 def launch(p):

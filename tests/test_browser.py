@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,14 +46,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
+@contextmanager
+def streamlit_server(runs: Path, extra_env: dict | None = None):
+    """`streamlit run` on a free port with FMNIST_RUNS_DIR=runs; yields url, runs, t0 (its start), proc.
+    Shared by these tests and tests/measure_app.py."""
     port = free_port()
-    # FMNIST_JOBS_EXPORT=0: app trainings skip the OpenVINO export (tests/test_export.py covers it)
-    env = {**os.environ, "FMNIST_RUNS_DIR": str(runs), "FMNIST_DATA_DIR": str(Path(DATA_DIR).resolve()),
-           "FMNIST_JOBS_EXPORT": "0"}
-    log = open(runs.parent / f"streamlit-{port}.log", "wb")
+    env = {**os.environ, "FMNIST_RUNS_DIR": str(runs), **(extra_env or {})}
+    log = open(runs / f".streamlit-{port}.log", "wb")  # a dot-file: never listed as a run
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port",
                              str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -68,7 +68,7 @@ def server(tmp_path_factory):
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"streamlit did not start; see {log.name}")
-            time.sleep(0.2)
+            time.sleep(0.05)  # fine-grained: cold start is measured from t0
         yield {"url": url, "runs": runs, "t0": t0, "proc": proc}
     finally:
         proc.terminate()
@@ -77,6 +77,14 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    # FMNIST_JOBS_EXPORT=0: app trainings skip the OpenVINO export (tests/test_export.py covers it)
+    extra = {"FMNIST_DATA_DIR": str(Path(DATA_DIR).resolve()), "FMNIST_JOBS_EXPORT": "0"}
+    with streamlit_server(tmp_path_factory.mktemp("runs"), extra) as info:
+        yield info
 
 
 @pytest.fixture(scope="module")
