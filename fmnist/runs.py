@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default
 DEFAULT_NAME = "default"
 BUNDLES = ("openvino",)  # sub-folders added after training, each committed by one rename
 BUNDLE_MANIFEST = "bundle-manifest.json"
+LOCK_FILE = ".lock"  # hidden: never part of a manifest, never loaded
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 
 
@@ -225,17 +227,20 @@ def verify_run(path: str | os.PathLike) -> RunInfo:
             if sha256_file(target) != entry.get("sha256"):
                 info.reason = f"{rel} was modified after it was written (sha256 mismatch)"
                 return info
-        for extra in path.rglob("*"):
-            rel = extra.relative_to(path).as_posix()
-            top = extra.relative_to(path).parts[0]
-            if top in BUNDLES or top.startswith("."):
-                continue  # bundles are checked on their own; hidden staging leftovers are never loaded
-            if extra.is_file() and rel not in files and extra.name != MANIFEST and not extra.name.startswith("."):
-                info.reason = f"unexpected file {rel} that Fashion-MNIST Studio did not write"
-                return info
-        for bundle in BUNDLES:
-            if (path / bundle).exists():
-                info.bundles[bundle] = verify_bundle(path / bundle)
+        for folder, subdirs, names in os.walk(path):
+            if Path(folder) == path:
+                # bundles are checked on their own, against their own manifest; hidden staging
+                # leftovers are never loaded (and may be renamed away while we walk)
+                subdirs[:] = [d for d in subdirs if d not in BUNDLES and not d.startswith(".")]
+            for name in names:
+                rel = (Path(folder) / name).relative_to(path).as_posix()
+                if rel not in files and name != MANIFEST and not name.startswith("."):
+                    info.reason = f"unexpected file {rel} that Fashion-MNIST Studio did not write"
+                    return info
+        with _run_lock(path, shared=True):
+            for bundle in BUNDLES:
+                if (path / bundle).exists():
+                    info.bundles[bundle] = verify_bundle(path / bundle)
         status = read_json(path / STATUS)
         info.config = read_json(path / "config.json")
         info.status = str(status.get("status", "broken"))
@@ -373,6 +378,30 @@ def verified_file(run_dir: str | os.PathLike, rel: str) -> Path:
     return target
 
 
+@contextmanager
+def _run_lock(run_dir: Path, shared: bool = False):
+    """Advisory lock on a run: exclusive while a bundle is swapped, so that two processes exporting
+    the same run take turns instead of racing their renames; shared while a bundle is verified, so a
+    reader never sees one mid-swap. Readers never create the lock file (the shipped model's folder
+    may be read-only): no file means nobody has exported into this run from another process yet.
+    POSIX only; on Windows a racing rename fails with an OSError instead."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock = run_dir / LOCK_FILE
+    if shared and not lock.exists():
+        yield
+        return
+    with open(lock, "rb" if shared else "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def add_files(run_dir: str | os.PathLike, files: dict[str, bytes | Path]) -> None:
     """Add or replace files of a bundle (e.g. "openvino/fp32/model.xml") in a finished run.
 
@@ -390,42 +419,48 @@ def add_files(run_dir: str | os.PathLike, files: dict[str, bytes | Path]) -> Non
             raise RunError(f"invalid file name {rel!r}: files can be added under {', '.join(BUNDLES)}/ only")
         groups.setdefault(parts[0], {})[Path(*parts[1:]).as_posix()] = content
     for bundle, entries in groups.items():
-        folder = run_dir / bundle
-        staging = run_dir / f"{STAGING_PREFIX}{bundle}-{uuid.uuid4().hex[:6]}"
-        staging.mkdir()
-        try:
-            if folder.is_dir() and verify_bundle(folder) == "ok":
-                for old in folder.rglob("*"):
-                    inner = old.relative_to(folder).as_posix()
-                    if old.is_file() and old.name != BUNDLE_MANIFEST and inner not in entries:
-                        target = staging / inner
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(old, target)
-            for inner, content in entries.items():
-                data = Path(content).read_bytes() if isinstance(content, Path) else content
-                target = staging / inner
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with open(target, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            bundle_files = {
-                p.relative_to(staging).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                for p in sorted(staging.rglob("*")) if p.is_file()
-            }
-            atomic_write_json(staging / BUNDLE_MANIFEST, {"format": "fmnist-bundle/1", "files": bundle_files})
-            _fsync_dir(staging)
-            retired = run_dir / f".retired-{bundle}-{uuid.uuid4().hex[:6]}"
-            if folder.exists():
-                os.rename(folder, retired)
-            os.rename(staging, folder)
-            _fsync_dir(run_dir)
-            shutil.rmtree(retired, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        manifest = read_json(run_dir / MANIFEST)
-        manifest["files"] = {k: v for k, v in manifest["files"].items() if Path(k).parts[0] != bundle}
-        for inner, entry in bundle_files.items():
-            manifest["files"][f"{bundle}/{inner}"] = entry
-        atomic_write_json(run_dir / MANIFEST, manifest)
+        with _run_lock(run_dir):
+            _swap_bundle(run_dir, bundle, entries)
+
+
+def _swap_bundle(run_dir: Path, bundle: str, entries: dict[str, bytes | Path]) -> None:
+    """Rebuild one bundle in staging and rename it into place, then record it in the run manifest."""
+    folder = run_dir / bundle
+    staging = run_dir / f"{STAGING_PREFIX}{bundle}-{uuid.uuid4().hex[:6]}"
+    staging.mkdir()
+    try:
+        if folder.is_dir() and verify_bundle(folder) == "ok":
+            for old in folder.rglob("*"):
+                inner = old.relative_to(folder).as_posix()
+                if old.is_file() and old.name != BUNDLE_MANIFEST and inner not in entries:
+                    target = staging / inner
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(old, target)
+        for inner, content in entries.items():
+            data = Path(content).read_bytes() if isinstance(content, Path) else content
+            target = staging / inner
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        bundle_files = {
+            p.relative_to(staging).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(staging.rglob("*")) if p.is_file()
+        }
+        atomic_write_json(staging / BUNDLE_MANIFEST, {"format": "fmnist-bundle/1", "files": bundle_files})
+        _fsync_dir(staging)
+        retired = run_dir / f".retired-{bundle}-{uuid.uuid4().hex[:6]}"
+        if folder.exists():
+            os.rename(folder, retired)
+        os.rename(staging, folder)
+        _fsync_dir(run_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    manifest = read_json(run_dir / MANIFEST)
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if Path(k).parts[0] != bundle}
+    for inner, entry in bundle_files.items():
+        manifest["files"][f"{bundle}/{inner}"] = entry
+    atomic_write_json(run_dir / MANIFEST, manifest)

@@ -153,3 +153,52 @@ def test_runs_killed_at_random_moments_are_complete_or_absent(tmp_path):
     for info in infos:
         assert info.status == "completed" and info.reason == "", (info.name, info.reason)
         assert info.bundles.get("openvino", "ok") == "ok", (info.name, info.bundles)
+
+
+_CONCURRENT_WRITER = textwrap.dedent("""
+    import os, sys, numpy as np
+    from fmnist.runs import RunWriter, add_files
+    root, shared, tag = sys.argv[1], sys.argv[2], sys.argv[3]
+    for i in range(12):
+        w = RunWriter(root, f"run-{tag}-{i}")
+        w.write_json("config.json", {"arch": "paper", "writer": tag, "i": i})
+        w.write_json("history.json", {"epochs": []})
+        w.write_npy("test_probs.npy", np.full((500, 10), i, "float32"))
+        w.path("model.keras").write_bytes(os.urandom(100_000))
+        w.commit({"status": "completed"})
+        for _ in range(4):  # both processes also re-export the same run over and over
+            payload = os.urandom(20_000)
+            add_files(shared, {"openvino/fp32/model.bin": payload, "openvino/fp32/model.xml": tag.encode() * 10,
+                               "openvino/int8/model.bin": payload})
+""")
+
+
+def _make_run(root, name: str):
+    w = RunWriter(root, name)
+    w.write_json("config.json", {"arch": "paper"})
+    w.write_json("history.json", {"epochs": []})
+    w.write_npy("test_probs.npy", np.zeros((10, 10), "float32"))
+    w.path("model.keras").write_bytes(b"weights")
+    return w.commit({"status": "completed"})
+
+
+def test_two_processes_saving_into_one_root_at_once_never_corrupt_each_other(tmp_path):
+    """Two processes commit runs into the same root and re-export the same run concurrently: every run
+    is complete and verified, and the shared run's IR bundle is whole and from one writer."""
+    shared = _make_run(tmp_path, "shared")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_WRITER, str(tmp_path), str(shared), tag],
+                              env=env, stderr=subprocess.PIPE, text=True) for tag in ("a", "b")]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    infos = {info.name: info for info in list_runs(tmp_path, include_default=False)}
+    assert set(infos) == {"shared"} | {f"run-{t}-{i}" for t in "ab" for i in range(12)}
+    for info in infos.values():
+        assert info.status == "completed" and info.reason == "", (info.name, info.reason)
+        if info.name != "shared":
+            assert info.config["writer"] == info.name.split("-")[1]
+    assert infos["shared"].bundles == {"openvino": "ok"}
+    fp32 = shared / "openvino" / "fp32"
+    assert fp32.joinpath("model.xml").read_bytes() in (b"a" * 10, b"b" * 10)
+    assert fp32.joinpath("model.bin").read_bytes() == (shared / "openvino" / "int8" / "model.bin").read_bytes()
+    assert not [p for p in shared.iterdir() if p.name.startswith((".staging-", ".retired-"))]
