@@ -2,7 +2,7 @@
 
 Images are raw pixels, shape (N, 28, 28) or (N, 28, 28, 1), uint8 or float in 0..255.
 
-Backends (all expose `name`, `precision`, `device`, `run_dir`, `predict_proba`, `describe()`):
+Backends (all expose `name`, `precision`, `device`, `run_dir`, `predict_proba`, `describe()`, `tta_flip`):
     keras          the run's Keras model (rebuilt from our code, weights only)
     openvino-fp32  the FP32 IR, compiled with INFERENCE_PRECISION_HINT=f32 (true f32: without it
                    OpenVINO runs bf16 on CPUs with AMX/AVX512-BF16 and the answers change)
@@ -65,6 +65,7 @@ class KerasBackend:
     name = "keras"
     precision = "fp32"
     device = "CPU"
+    tta_flip = False
 
     def __init__(self, run_dir: str | Path):
         from fmnist.runs import load_model
@@ -142,6 +143,7 @@ class OpenVINOBackend:
     """An exported IR of a run on the CPU: `precision` fp32, int8 or bf16 (FP32 IR run in bf16)."""
 
     device = "CPU"
+    tta_flip = False
     _IR = {"fp32": "fp32", "int8": "int8", "bf16": "fp32"}
 
     def __init__(self, run_dir: str | Path, precision: str = "fp32", chunk: int = CHUNK):
@@ -397,16 +399,52 @@ class BackendRegistry:
 REGISTRY = BackendRegistry()
 
 
-def get_backend(run_dir: str | Path, name: str = "keras", cache: bool = True):
+class FlipAveraged:
+    """A backend whose answers average each image with its mirror image, in one call of twice the
+    batch: how a run trained with `tta_flip` was evaluated, so its predictions match its reported
+    test accuracy (and move less when an input shifts by a fraction of a pixel: docs/photos.md)."""
+
+    tta_flip = True
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __getattr__(self, attr):  # name, precision, device, run_dir, model, source_files...
+        return getattr(self.backend, attr)
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        x = as_batch(images)
+        probs = self.backend.predict_proba(np.concatenate([x, x[:, :, ::-1]]))
+        return 0.5 * (probs[:len(x)] + probs[len(x):])
+
+    def describe(self) -> dict:
+        return {**self.backend.describe(), "tta_flip": True}
+
+
+def run_uses_tta(run_dir: str | Path) -> bool:
+    """Whether the run's config asks for flip averaging at test time."""
+    from fmnist.runs import read_json
+
+    try:
+        config = read_json(Path(run_dir) / "config.json")
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(config, dict) and config.get("tta_flip"))
+
+
+def get_backend(run_dir: str | Path, name: str = "keras", cache: bool = True, tta: bool | None = None):
     """A predictor for a run by backend name (BACKENDS, or openvino-bf16 where the CPU supports it).
 
-    Raises BackendError with a one-line reason (unknown name, no export, tampered or truncated file).
+    tta: average with mirror images (None: as the run's config says; benchmarks pass False to time
+    the model itself). Raises BackendError with a one-line reason (unknown name, no export,
+    tampered or truncated file).
     """
     if name not in BACKENDS + OPTIONAL_BACKENDS:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if cache:
-        return REGISTRY.get(run_dir, name)
-    return _create(Path(run_dir), name)
+    backend = REGISTRY.get(run_dir, name) if cache else _create(Path(run_dir), name)
+    if tta is None:
+        tta = run_uses_tta(run_dir)
+    return FlipAveraged(backend) if tta else backend
 
 
 def backend_status(run_dir: str | Path) -> dict[str, str]:

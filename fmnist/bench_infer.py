@@ -9,6 +9,9 @@ Measures, on the test images:
   * each backend's test accuracy, top-1 agreement with Keras and the largest absolute probability
     difference from Keras.
 
+Each backend is timed as the model itself: without the flip averaging (`tta_flip`) that the app and
+`evaluate` apply for runs trained with it, which doubles the work per image.
+
 `measure_backends(run_dir, images, labels, progress=None, ...)` does the work (the app calls it);
 `run(args)` is the CLI. The result is JSON-ready:
 
@@ -118,13 +121,13 @@ def measure_backends(run_dir: str | Path, images: np.ndarray, labels: np.ndarray
     machine = machine_info()
     names = ["openvino-fp32", "openvino-int8"] + (["openvino-bf16"] if include_bf16 and machine["bf16"] else [])
     say(0.0, "loading the Keras model")
-    keras_backend = get_backend(run_dir, "keras")
+    keras_backend = get_backend(run_dir, "keras", tta=False)  # the model itself, not flip-averaged
     model = keras_backend.model
     backends, skipped = {}, {}
     for name in names:
         say(0.02, f"loading {LABELS[name]}")
         try:
-            backends[name] = get_backend(run_dir, name)
+            backends[name] = get_backend(run_dir, name, tta=False)
         except BackendError as exc:
             skipped[name] = str(exc)
     n_calls = max(1, int(repeats))

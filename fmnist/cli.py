@@ -72,6 +72,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="random horizontal flips")
     p.add_argument("--augment-shift", type=_bounded("shift", int, *b["augment_shift"]),
                    help="random translation in pixels")
+    p.add_argument("--augment-scale", type=_bounded("scale", float, *b["augment_scale"]),
+                   help="random zoom about the centre, e.g. 0.1 = up to ±10%%")
     p.add_argument("--ema", type=_bounded("ema", float, *b["ema"]), help="weight averaging momentum (0 = off)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average test predictions with mirrored images")
@@ -93,8 +95,8 @@ def config_from_args(args: argparse.Namespace):
     from fmnist.training import PRESETS, TrainConfig
 
     fields = ("arch", "widths", "dropout", "epochs", "batch_size", "optimizer", "learning_rate", "schedule",
-              "warmup_epochs", "weight_decay", "label_smoothing", "augment_flip", "augment_shift", "ema",
-              "tta_flip", "val_fraction", "seed", "limit", "precision", "tensorboard")
+              "warmup_epochs", "weight_decay", "label_smoothing", "augment_flip", "augment_shift",
+              "augment_scale", "ema", "tta_flip", "val_fraction", "seed", "limit", "precision", "tensorboard")
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     base = dict(PRESETS[args.preset], preset=args.preset) if args.preset else {}
     if "arch" in overrides and overrides["arch"] != base.get("arch"):

@@ -52,6 +52,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment_flip: bool = False
     augment_shift: int = 0  # pixels of random translation
+    augment_scale: float = 0.0  # random zoom about the centre, up to this fraction either way (0.1 = ±10%)
     ema: float = 0.0  # weight-averaging momentum, 0 = off
     tta_flip: bool = False  # average predictions with the mirrored image at test time
     val_fraction: float = 0.1
@@ -65,7 +66,7 @@ class TrainConfig:
     BOUNDS = {
         "epochs": (1, 200), "batch_size": (8, 4096), "learning_rate": (1e-6, 1.0),
         "warmup_epochs": (0.0, 50.0), "weight_decay": (0.0, 0.5), "label_smoothing": (0.0, 0.5),
-        "augment_shift": (0, 6), "ema": (0.0, 0.9999), "val_fraction": (0.0, 0.5),
+        "augment_shift": (0, 6), "augment_scale": (0.0, 0.3), "ema": (0.0, 0.9999), "val_fraction": (0.0, 0.5),
         "seed": (0, 2**31 - 1), "limit": (100, 60_000),
     }
 
@@ -249,7 +250,7 @@ def make_train_dataset(x: np.ndarray, y: np.ndarray, config: TrainConfig):
     n = len(x)
     ds = tf.data.Dataset.from_tensor_slices((x[..., None], y.astype(np.int32))).cache()
     ds = ds.shuffle(n, seed=config.seed, reshuffle_each_iteration=True).batch(config.batch_size)
-    flip, shift = config.augment_flip, int(config.augment_shift)
+    flip, shift, scale = config.augment_flip, int(config.augment_shift), float(config.augment_scale)
 
     def prepare(images, labels, seeds):
         # Stateless random ops keyed by a seeded stream: the same seed gives the same augmentation,
@@ -260,6 +261,17 @@ def make_train_dataset(x: np.ndarray, y: np.ndarray, config: TrainConfig):
             mirrored = tf.reverse(images, axis=[2])
             coin = tf.random.stateless_uniform([b, 1, 1, 1], seed=seeds[0]) < 0.5
             images = tf.where(coin, mirrored, images)
+        if scale:
+            # Zoom about the image centre with bilinear resampling: photos reach the model a fraction of
+            # a pixel larger or smaller and softer than the dataset's items (docs/photos.md).
+            factor = tf.random.stateless_uniform([b], seeds[3], 1.0 - scale, 1.0 + scale)
+            inv, centre = 1.0 / factor, 13.5
+            zeros = tf.zeros_like(inv)
+            transforms = tf.stack([inv, zeros, centre * (1.0 - inv), zeros, inv, centre * (1.0 - inv),
+                                   zeros, zeros], axis=1)
+            images = tf.raw_ops.ImageProjectiveTransformV3(
+                images=images, transforms=transforms, output_shape=[28, 28], fill_value=0.0,
+                interpolation="BILINEAR", fill_mode="CONSTANT")
         if shift:
             size = 28 + 2 * shift
             padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]])
@@ -273,8 +285,8 @@ def make_train_dataset(x: np.ndarray, y: np.ndarray, config: TrainConfig):
             images = tf.reshape(tf.gather(flat, tf.reshape(index, [b, -1]), batch_dims=1), [b, 28, 28, 1])
         return images, tf.one_hot(labels, 10)
 
-    seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True).batch(6).map(
-        lambda v: tf.reshape(v, [3, 2]))
+    seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True).batch(8).map(
+        lambda v: tf.reshape(v, [4, 2]))
     ds = tf.data.Dataset.zip(ds, seeds).map(lambda batch, s: (*batch, s))
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

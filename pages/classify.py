@@ -51,7 +51,8 @@ def show_prediction(prepared, model, key: str, show_steps: bool = True) -> None:
         st.image(explore.enlarge(prepared.input, 6), caption="Model input (28x28)")
         st.markdown(f"### {CLASS_NAMES[top]}")
         st.caption(f"{probs[top]:.1%} confident · {model.name} ({getattr(model, 'precision', '')}) "
-                   f"on {getattr(model, 'device', 'CPU')} · {ms:.1f} ms")
+                   f"on {getattr(model, 'device', 'CPU')}"
+                   f"{' · averaged with its mirror image' if getattr(model, 'tta_flip', False) else ''} · {ms:.1f} ms")
     with right:
         st.plotly_chart(charts.probability_bars(probs), key=f"bars_{key}")
     if show_steps and prepared.steps:

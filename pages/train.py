@@ -60,6 +60,8 @@ def settings_ui() -> tuple[TrainConfig | None, str | None]:
                               0.05, key=k + "ls")
         flip = c3.checkbox("Augment: random horizontal flips", base.augment_flip, key=k + "flip")
         shift = c3.slider("Augment: random shift (pixels)", *B["augment_shift"], base.augment_shift, key=k + "shift")
+        zoom = c3.slider("Augment: random zoom (±)", *map(float, B["augment_scale"]), float(base.augment_scale),
+                         0.05, key=k + "zoom", help="0.1 = each image scaled by 0.9-1.1 about its centre")
         val_fraction = c3.slider("Validation fraction", *map(float, B["val_fraction"]), float(base.val_fraction),
                                  0.05, key=k + "val")
         seed = c3.number_input("Seed", *B["seed"], base.seed, key=k + "seed")
@@ -74,7 +76,8 @@ def settings_ui() -> tuple[TrainConfig | None, str | None]:
     values = dict(arch=arch, widths=widths, dropout=[conv_drop, dense_drop], epochs=int(epochs),
                   batch_size=int(batch_size), optimizer=optimizer, learning_rate=float(lr), schedule=schedule,
                   warmup_epochs=float(warmup), weight_decay=float(weight_decay), label_smoothing=float(smoothing),
-                  augment_flip=bool(flip), augment_shift=int(shift), val_fraction=float(val_fraction),
+                  augment_flip=bool(flip), augment_shift=int(shift), augment_scale=float(zoom),
+                  val_fraction=float(val_fraction),
                   seed=int(seed), limit=int(limit) or None, ema=base.ema, tta_flip=base.tta_flip,
                   preset=preset if preset in PRESETS else None)
     try:

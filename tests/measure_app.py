@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,17 +93,84 @@ def stroke(args) -> None:
         browser.close()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (Linux /proc), 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _processes() -> dict[int, str]:
+    """pid -> 'train' (the job's child), 'server' (streamlit), 'browser' (chromium), for this user."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "multiprocessing" in cmd and "spawn" in cmd:
+            found[int(entry.name)] = "train"
+        elif "streamlit run" in cmd:
+            found[int(entry.name)] = "server"
+        elif "chrom" in cmd.split(" ", 1)[0]:
+            found[int(entry.name)] = "browser"
+    return found
+
+
+class CpuSampler:
+    """CPU seconds used by the app's processes while a training runs, sampled every 0.25 s."""
+
+    def __init__(self):
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.kinds: dict[int, str] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self.stop.wait(0.25):
+            for pid, kind in _processes().items():
+                used = _cpu_seconds(pid)
+                if used:
+                    self.kinds[pid] = kind
+                    self.first.setdefault(pid, used)
+                    self.last[pid] = used
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def totals(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, kind in self.kinds.items():
+            out[kind] = out.get(kind, 0.0) + self.last[pid] - self.first[pid]
+        return {k: round(v, 1) for k, v in sorted(out.items())}
+
+
 def _app_training(url: str, runs: Path, epochs: int, limit: int, batch: int) -> dict:
     with sync_playwright() as p:
         browser = launch(p)
         page = tb.open_page(browser, f"{url}/train")
         # like a user who reads the layer table first: the server has imported TensorFlow to build it
         page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=120_000)
-        tb._start_training(page, epochs=epochs, limit=limit, batch_size=batch)
-        page.locator("[data-testid='stAlertContentSuccess']").get_by_text("Finished").wait_for(timeout=600_000)
+        with CpuSampler() as cpu:
+            t0 = time.monotonic()
+            tb._start_training(page, epochs=epochs, limit=limit, batch_size=batch)
+            page.locator("[data-testid='stAlertContentSuccess']").get_by_text("Finished").wait_for(timeout=1_800_000)
+            wall = time.monotonic() - t0
         browser.close()
     status = [json.loads(s.read_text()) for s in runs.glob("*/status.json")]
     assert len(status) == 1, status
+    print(f"    app: {wall:.0f} s from Start to Finished; CPU seconds meanwhile by process: {cpu.totals()}",
+          flush=True)
     return status[0]
 
 

@@ -14,7 +14,7 @@ import pytest
 from fmnist import data as fdata
 from fmnist import export as fexport
 from fmnist.backends import BACKENDS, REGISTRY, BackendError, backend_status, get_backend
-from fmnist.runs import DEFAULT_MODEL_DIR, MANIFEST, add_files, atomic_write_json, read_json, verify_run
+from fmnist.runs import DEFAULT_MODEL_DIR, MANIFEST, add_files, atomic_write_json, read_json, sha256_file, verify_run
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,29 @@ def test_fp32_gives_keras_answers_on_both_paths(run, dataset):
     assert fp32.predict_proba(np.zeros((0, 28, 28), np.uint8)).shape == (0, 10)
     with pytest.raises(ValueError, match="28, 28"):
         fp32.predict_proba(np.zeros((3, 32, 32)))
+
+
+def test_flip_averaging_follows_the_run_config(run, run_copy, dataset):
+    """Runs trained with tta_flip are answered as they were evaluated: each image averaged with its
+    mirror image, on every backend; other runs are answered by the model alone."""
+    x = dataset.x_test[:20]
+    for name in ("keras", "openvino-fp32"):
+        plain = get_backend(run, name)
+        assert not plain.tta_flip  # this run's config has tta_flip false
+        raw = plain.predict_proba(x)
+        averaged = get_backend(run, name, tta=True)
+        assert averaged.tta_flip and averaged.name == plain.name and averaged.describe()["tta_flip"]
+        expected = 0.5 * (raw + plain.predict_proba(x[:, :, ::-1]))
+        assert np.abs(averaged.predict_proba(x) - expected).max() <= 1e-5
+        assert np.abs(averaged.predict_proba(x[3]) - expected[3]).max() <= 1e-5  # one image, no batch axis
+    config = read_json(run_copy / "config.json")
+    atomic_write_json(run_copy / "config.json", {**config, "tta_flip": True})
+    manifest = read_json(run_copy / MANIFEST)
+    manifest["files"]["config.json"]["sha256"] = sha256_file(run_copy / "config.json")
+    manifest["files"]["config.json"]["bytes"] = (run_copy / "config.json").stat().st_size
+    atomic_write_json(run_copy / MANIFEST, manifest)
+    assert get_backend(run_copy, "keras").tta_flip
+    assert not get_backend(run_copy, "keras", tta=False).tta_flip
 
 
 def test_int8_is_close_to_fp32(run, dataset):

@@ -304,9 +304,10 @@ def test_round_trip_prediction_matches_original(real_dataset):
     idx = rng.choice(len(real_dataset.x_test), 500, replace=False)
     agreement = round_trip_agreement(backend, real_dataset.x_test[idx], rng)
     print(f"round trip agreement on 500 test items: {agreement * 100:.1f}%")
-    # The target is 97%; the shipped model measures 96.8% (tuned on training items, see
-    # docs/photos.md), so this guards that level against regressions rather than claiming 97%.
-    assert agreement >= 0.96
+    # The target. Measured 97.0% with the shipped model answering as it was evaluated (flip
+    # averaging, chosen on held-out validation items: docs/photos.md); 96.8% without it. Deterministic
+    # on one machine; one item is 0.2 points.
+    assert agreement >= 0.97
 
 
 def tune_on_training_items(n: int = 500, renderings: int = 3) -> list[float]:

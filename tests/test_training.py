@@ -48,13 +48,32 @@ def test_stop_request_is_honoured_at_the_next_batch(tiny_dataset, tmp_path):
 
 
 def test_same_seed_gives_the_same_model(tiny_dataset):
-    config = TrainConfig(arch="paper", epochs=1, batch_size=64, seed=7, augment_flip=True, augment_shift=2)
+    config = TrainConfig(arch="paper", epochs=1, batch_size=64, seed=7, augment_flip=True, augment_shift=2,
+                         augment_scale=0.1)
     a = train(config, tiny_dataset, save=False, export=False)
     b = train(config, tiny_dataset, save=False, export=False)
     losses_a = [x["loss"] for x in a.history["batches"]]
     losses_b = [x["loss"] for x in b.history["batches"]]
     assert np.allclose(losses_a, losses_b, rtol=1e-3)
     assert a.metrics["test_accuracy"] == b.metrics["test_accuracy"]
+
+
+def test_zoom_augmentation_scales_about_the_centre():
+    """augment_scale zooms each image by its own factor in [1 - s, 1 + s] about the centre."""
+    from fmnist.training import make_train_dataset
+
+    x = np.zeros((64, 28, 28), np.uint8)
+    x[:, 9:19, 9:19] = 255  # a centred 10x10 square
+    y = np.zeros(64, np.int64)
+    plain = next(iter(make_train_dataset(x, y, TrainConfig(batch_size=64))))[0].numpy()[..., 0]
+    zoomed = next(iter(make_train_dataset(x, y, TrainConfig(batch_size=64, augment_scale=0.3))))[0].numpy()[..., 0]
+    assert np.array_equal(plain, x.astype(np.float32))
+    mass = zoomed.sum(axis=(1, 2)) / (255.0 * 100)  # area relative to the original square
+    assert 0.7**2 - 0.05 <= mass.min() and mass.max() <= 1.3**2 + 0.05 and mass.std() > 0.05
+    ys, xs = np.mgrid[0:28, 0:28]
+    centre_y = (zoomed * ys).sum(axis=(1, 2)) / zoomed.sum(axis=(1, 2))
+    centre_x = (zoomed * xs).sum(axis=(1, 2)) / zoomed.sum(axis=(1, 2))
+    assert np.abs(centre_y - 13.5).max() < 0.05 and np.abs(centre_x - 13.5).max() < 0.05
 
 
 def test_a_failing_listener_ends_as_a_failed_run_with_a_message(tiny_dataset, tmp_path):
