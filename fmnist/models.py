@@ -40,24 +40,17 @@ def _pair(dropout: float | tuple[float, float] | list[float] | None, default: tu
     return float(dropout[0]), float(dropout[1])
 
 
-def build_model(arch: str = "paper", widths: tuple[int, ...] | list[int] | None = None,
-                dropout: float | tuple[float, float] | None = None, seed: int | None = None,
-                precision: str = "float32"):
-    """Build an uncompiled Keras model by architecture name.
+def layer_specs(arch: str = "paper", widths: tuple[int, ...] | list[int] | None = None,
+                dropout: float | tuple[float, float] | None = None) -> list[tuple[str, str, dict]]:
+    """The architecture as plain values: (layer name, Keras layer class, keyword arguments) in order.
 
     widths: channel/unit counts (see DEFAULTS for each architecture's layout).
     dropout: (after conv blocks, after dense layers) or one number for both.
-    precision: "float32", or "bfloat16" (mixed: bf16 compute, float32 weights; fast on CPUs with
-    AMX/AVX512-BF16 for wide convolutions). Weights are float32 either way, so a bf16-trained model
-    loads into a float32 build for inference and export.
+    build_model turns this into Keras layers; describe_layers computes the layer table from it
+    without TensorFlow (the web app shows it before training without importing TensorFlow).
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    import keras
-    from keras import layers
-
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
     spec = DEFAULTS[arch]
     widths = tuple(int(w) for w in (widths or spec["widths"]))
     n_ok = 2 <= len(widths) <= 4 if arch == "modern" else len(widths) == len(spec["widths"])
@@ -65,58 +58,112 @@ def build_model(arch: str = "paper", widths: tuple[int, ...] | list[int] | None 
         raise ValueError(f"{arch} takes {len(spec['widths'])} positive widths, got {widths}")
     conv_drop, dense_drop = _pair(dropout, spec["dropout"])
 
-    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[precision]
+    out: list[tuple[str, str, dict]] = [("rescale", "Rescaling", {"scale": 1.0 / 255.0})]
 
-    def L(cls, *args, **kwargs):  # every hidden layer computes in the chosen precision
-        return cls(*args, dtype=policy, **kwargs)
+    def add(name: str, kind: str, **kwargs) -> None:
+        out.append((name, kind, kwargs))
 
-    inputs = keras.Input((28, 28, 1), name="pixels")
-    x = L(layers.Rescaling, 1.0 / 255.0, name="rescale")(inputs)
+    def conv(name: str, filters: int, **kwargs) -> None:
+        add(name, "Conv2D", filters=filters, kernel_size=3, **kwargs)
+
     if arch == "paper":
         c1, c2, c3, d1, d2, d3 = widths
-        x = L(layers.Conv2D, c1, 3, activation="relu", name="conv1")(x)
-        x = L(layers.MaxPooling2D, 2, name="pool1")(x)
-        x = L(layers.Dropout, conv_drop, name="drop1")(x)
-        x = L(layers.Conv2D, c2, 3, activation="relu", name="conv2")(x)
-        x = L(layers.MaxPooling2D, 2, name="pool2")(x)
-        x = L(layers.Dropout, conv_drop, name="drop2")(x)
-        x = L(layers.Conv2D, c3, 3, activation="leaky_relu", name="conv3")(x)
-        x = L(layers.Flatten, name="flatten")(x)
-        x = L(layers.Dense, d1, activation="relu", name="dense1")(x)
-        x = L(layers.Dropout, dense_drop, name="drop3")(x)
-        x = L(layers.Dense, d2, activation="relu", name="dense2")(x)
-        x = L(layers.Dropout, dense_drop, name="drop4")(x)
-        x = L(layers.Dense, d3, activation="relu", name="dense3")(x)
+        conv("conv1", c1, activation="relu")
+        add("pool1", "MaxPooling2D", pool_size=2)
+        add("drop1", "Dropout", rate=conv_drop)
+        conv("conv2", c2, activation="relu")
+        add("pool2", "MaxPooling2D", pool_size=2)
+        add("drop2", "Dropout", rate=conv_drop)
+        conv("conv3", c3, activation="leaky_relu")
+        add("flatten", "Flatten")
+        add("dense1", "Dense", units=d1, activation="relu")
+        add("drop3", "Dropout", rate=dense_drop)
+        add("dense2", "Dense", units=d2, activation="relu")
+        add("drop4", "Dropout", rate=dense_drop)
+        add("dense3", "Dense", units=d3, activation="relu")
     elif arch == "paper-baseline":
         c1, c2, d1, d2 = widths
-        x = L(layers.Conv2D, c1, 3, activation="relu", name="conv1")(x)
-        x = L(layers.MaxPooling2D, 2, name="pool1")(x)
+        conv("conv1", c1, activation="relu")
+        add("pool1", "MaxPooling2D", pool_size=2)
         if conv_drop:
-            x = L(layers.Dropout, conv_drop, name="drop1")(x)
-        x = L(layers.Conv2D, c2, 3, activation="relu", name="conv2")(x)
-        x = L(layers.MaxPooling2D, 2, name="pool2")(x)
-        x = L(layers.Flatten, name="flatten")(x)
-        x = L(layers.Dense, d1, activation="relu", name="dense1")(x)
+            add("drop1", "Dropout", rate=conv_drop)
+        conv("conv2", c2, activation="relu")
+        add("pool2", "MaxPooling2D", pool_size=2)
+        add("flatten", "Flatten")
+        add("dense1", "Dense", units=d1, activation="relu")
         if dense_drop:
-            x = L(layers.Dropout, dense_drop, name="drop2")(x)
-        x = L(layers.Dense, d2, activation="relu", name="dense2")(x)
+            add("drop2", "Dropout", rate=dense_drop)
+        add("dense2", "Dense", units=d2, activation="relu")
     else:  # modern: a cheap full-resolution stem, then per stage: pool + two conv-BN-ReLU
         for stage, width in enumerate(widths):
             if stage:
-                x = L(layers.MaxPooling2D, 2, name=f"pool{stage}")(x)
+                add(f"pool{stage}", "MaxPooling2D", pool_size=2)
                 if conv_drop:
-                    x = L(layers.Dropout, conv_drop, name=f"drop{stage}")(x)
+                    add(f"drop{stage}", "Dropout", rate=conv_drop)
             for j in (1,) if stage == 0 else (1, 2):
-                x = L(layers.Conv2D, width, 3, padding="same", use_bias=False, name=f"conv{stage}_{j}")(x)
+                conv(f"conv{stage}_{j}", width, padding="same", use_bias=False)
                 # momentum 0.9: short CPU runs (a few hundred steps) need moving statistics that settle
-                x = L(layers.BatchNormalization, momentum=0.9, name=f"bn{stage}_{j}")(x)
-                x = L(layers.ReLU, name=f"relu{stage}_{j}")(x)
-        x = L(layers.GlobalAveragePooling2D, name="gap")(x)
+                add(f"bn{stage}_{j}", "BatchNormalization", momentum=0.9)
+                add(f"relu{stage}_{j}", "ReLU")
+        add("gap", "GlobalAveragePooling2D")
         if dense_drop:
-            x = L(layers.Dropout, dense_drop, name="drop_head")(x)
+            add("drop_head", "Dropout", rate=dense_drop)
     # the output layer stays float32: softmax probabilities must sum to 1 exactly enough to compare
-    outputs = layers.Dense(10, activation="softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=arch.replace("-", "_"))
+    add("probabilities", "Dense", units=10, activation="softmax", dtype="float32")
+    return out
+
+
+def build_model(arch: str = "paper", widths: tuple[int, ...] | list[int] | None = None,
+                dropout: float | tuple[float, float] | None = None, seed: int | None = None,
+                precision: str = "float32"):
+    """Build an uncompiled Keras model by architecture name (layers from `layer_specs`).
+
+    precision: "float32", or "bfloat16" (mixed: bf16 compute, float32 weights; fast on CPUs with
+    AMX/AVX512-BF16 for wide convolutions). Weights are float32 either way, so a bf16-trained model
+    loads into a float32 build for inference and export.
+    """
+    specs = layer_specs(arch, widths, dropout)
+    import keras
+    from keras import layers
+
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[precision]
+    inputs = keras.Input((28, 28, 1), name="pixels")
+    x = inputs
+    for name, kind, kwargs in specs:  # every hidden layer computes in the chosen precision
+        x = getattr(layers, kind)(**{"dtype": policy, **kwargs}, name=name)(x)
+    return keras.Model(inputs, x, name=arch.replace("-", "_"))
+
+
+def describe_layers(arch: str = "paper", widths: tuple[int, ...] | list[int] | None = None,
+                    dropout: float | tuple[float, float] | None = None) -> list[LayerRow]:
+    """The layer table of build_model(arch, widths, dropout), computed from `layer_specs` alone
+    (tests check it equals Keras's own table for every architecture)."""
+    shape: tuple[int, ...] = (28, 28, 1)
+    rows = []
+    for name, kind, kw in layer_specs(arch, widths, dropout):
+        params = 0
+        if kind == "Conv2D":
+            h, w, c = shape
+            k = kw["kernel_size"]
+            if kw.get("padding", "valid") == "valid":
+                h, w = h - k + 1, w - k + 1
+            params = k * k * c * kw["filters"] + (kw["filters"] if kw.get("use_bias", True) else 0)
+            shape = (h, w, kw["filters"])
+        elif kind == "MaxPooling2D":
+            shape = (shape[0] // kw["pool_size"], shape[1] // kw["pool_size"], shape[2])
+        elif kind == "BatchNormalization":
+            params = 4 * shape[-1]  # gamma, beta, moving mean, moving variance
+        elif kind == "Flatten":
+            shape = (shape[0] * shape[1] * shape[2],)
+        elif kind == "GlobalAveragePooling2D":
+            shape = (shape[-1],)
+        elif kind == "Dense":
+            params = shape[-1] * kw["units"] + kw["units"]
+            shape = (kw["units"],)
+        rows.append(LayerRow(name, kind, "(" + ", ".join(["None", *map(str, shape)]) + ")", params))
+    return rows
 
 
 def layer_table(model) -> list[LayerRow]:

@@ -86,15 +86,13 @@ def settings_ui() -> tuple[TrainConfig | None, str | None]:
         return None, f"Check the settings: {exc}."
 
 
-@st.cache_data(max_entries=32, show_spinner="Building the model (first time loads TensorFlow)...")
 def layer_rows(arch: str, widths: tuple, dropout: tuple) -> list[dict]:
-    from fmnist.models import build_model, layer_table
+    # computed from the architecture's specs without TensorFlow: a server that imports Keras pays
+    # for Streamlit's keras.clear_session() and a full garbage collection after every rerun
+    from fmnist.models import describe_layers
 
-    model = build_model(arch, widths=list(widths), dropout=list(dropout))
-    rows = [{"layer": r.name, "type": r.kind, "output shape": r.output_shape, "parameters": r.params}
-            for r in layer_table(model)]
-    del model
-    return rows
+    return [{"layer": r.name, "type": r.kind, "output shape": r.output_shape, "parameters": r.params}
+            for r in describe_layers(arch, widths=list(widths), dropout=list(dropout))]
 
 
 def fmt_seconds(seconds: float) -> str:

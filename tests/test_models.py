@@ -1,6 +1,6 @@
 import pytest
 
-from fmnist.models import ARCHITECTURES, build_model, format_layer_table, layer_table
+from fmnist.models import ARCHITECTURES, build_model, describe_layers, format_layer_table, layer_table
 
 
 def test_paper_parameter_counts_match_the_report():
@@ -36,3 +36,13 @@ def test_widths_and_dropout_are_parameters():
         build_model("paper", widths=(1, 2))
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("resnet999")
+
+
+@pytest.mark.parametrize("arch,widths,dropout", [
+    ("paper", None, None), ("paper-baseline", None, None), ("paper-baseline", (8, 16, 32, 64), (0.2, 0.3)),
+    ("modern", None, None), ("modern", (16, 32), (0.0, 0.0)), ("modern", (24, 48, 96, 192), (0.1, 0.2)),
+    ("paper", (8, 16, 16, 32, 32, 32), 0.0),
+])
+def test_layer_table_without_tensorflow_equals_keras(arch, widths, dropout):
+    """The web app's layer table (computed from the layer specs, no TensorFlow) is Keras's own."""
+    assert describe_layers(arch, widths, dropout) == layer_table(build_model(arch, widths, dropout))
