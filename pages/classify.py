@@ -1,6 +1,7 @@
 """Classify: upload photos or draw on a canvas; see each preprocessing step, the 28x28 input,
 the probabilities of all 10 classes, the backend's latency and the pipeline's warnings."""
 
+import re
 import time
 
 import numpy as np
@@ -64,6 +65,31 @@ def show_prediction(prepared, model, key: str, show_steps: bool = True) -> None:
                 st.json(prepared.decisions, expanded=False)
 
 
+def shown_name(name: str) -> str:
+    """An upload's name for display only (it is never used in a path): markdown characters escaped,
+    control characters dropped, long names shortened."""
+    name = "".join(ch for ch in str(name) if ch.isprintable())
+    name = name if len(name) <= 80 else name[:60] + "..." + name[-17:]
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", name) or "(no name)"
+
+
+def prepared_upload(f):
+    """An upload through the photo pipeline once per session (a rerun for another upload or widget
+    reuses it): a Prepared, or the message why the file cannot be used. Only its bytes are read."""
+    from fmnist.preprocess import ImageError, prepare_photo_bytes
+
+    cache = st.session_state.setdefault("prepared_uploads", {})
+    key = getattr(f, "file_id", None) or id(f)
+    if key not in cache:
+        try:
+            cache[key] = prepare_photo_bytes(f.getvalue())
+        except ImageError as exc:
+            cache[key] = str(exc)
+        while len(cache) > 24:  # bounded: a long session of uploads does not grow memory
+            cache.pop(next(iter(cache)))
+    return cache[key]
+
+
 @st.fragment
 def drawing_panel(model) -> None:
     """Canvas and its prediction in a fragment: a stroke reruns only this part of the page."""
@@ -113,13 +139,10 @@ with tab_upload:
                 "inverted the way the data set was made, and every step is shown.")
     for i, f in enumerate(files or []):
         st.divider()
-        st.markdown(f"**{f.name}**")
-        try:
-            from fmnist.preprocess import ImageError, prepare_photo_bytes
-
-            prepared = prepare_photo_bytes(f.getvalue())
-        except ImageError as exc:
-            st.error(f"{f.name}: {exc}")
+        st.markdown(f"**{shown_name(f.name)}**")
+        prepared = prepared_upload(f)
+        if isinstance(prepared, str):
+            st.error(f"{shown_name(f.name)}: {prepared}")
             continue
         show_prediction(prepared, model, f"upload{i}")
 with tab_draw:

@@ -140,6 +140,37 @@ def test_cold_start_and_every_page_renders(server, browser):
     page.close()
 
 
+def test_upload_names_are_shown_literally_and_never_used_as_paths(server, browser):
+    """Hostile upload names (path traversal, markdown, a script link) are only ever displayed, as
+    text; a text file renamed .png gets a clear message; nothing is written anywhere."""
+    page = open_page(browser, f"{server['url']}/classify")
+    if page.get_by_text("No trained model yet").count():
+        pytest.skip("needs a model: the shipped default")
+    before = {p for p in server["runs"].rglob("*")} | {p for p in Path(ROOT).iterdir()}
+    evil = "../../../../tmp/fmnist-owned **bold** [link](javascript:alert(1)).png"
+    targets = [Path("/tmp/fmnist-owned **bold** [link](javascript:alert(1)).png"), Path("/tmp/fmnist-owned")]
+    for target in targets:  # where a traversal through the name would land
+        target.unlink(missing_ok=True)
+    image = np.zeros((28, 28), np.uint8)
+    image[4:24, 8:20] = 220  # a light trouser-like block on black, already dataset-like
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(files=[
+        {"name": evil, "mimeType": "image/png", "buffer": png_bytes(255 - image)},
+        {"name": "notes.txt.png", "mimeType": "image/png", "buffer": b"just some text, renamed"},
+    ])
+    page.get_by_text("Model input (28x28)").wait_for(timeout=60_000)
+    wait_idle(page)
+    main = page.locator("[data-testid='stMain']")
+    assert evil in main.inner_text()  # shown literally: no bold, no link
+    assert main.locator("a[href^='javascript']").count() == 0
+    assert main.locator("[data-testid='stException']").count() == 0
+    message = main.locator("[data-testid='stAlertContentError']").inner_text()
+    assert message.startswith("notes.txt.png:") and "PNG, JPEG" in message
+    assert not any(target.exists() for target in targets)
+    after = {p for p in server["runs"].rglob("*")} | {p for p in Path(ROOT).iterdir()}
+    assert after - before == set()
+    page.close()
+
+
 def _set_number(page, key: str, value) -> None:
     box = page.locator(f".st-key-{key} input")
     box.fill(str(value))
