@@ -4,6 +4,7 @@
     python tests/measure_app.py coldstart [--repeat 3]    # `streamlit run` start -> first rendered page
     python tests/measure_app.py stroke [--strokes 10]     # canvas stroke -> prediction, OpenVINO FP32
     python tests/measure_app.py throughput [--repeat 2]   # app training vs CLI, images/s (status.json)
+    python tests/measure_app.py sessions [--rounds 5]     # 2 sessions classify while a 3rd trains
     python tests/measure_app.py screenshots OUT_DIR       # full-page PNG of every page
 
 Each command starts its own `streamlit run` on a free port with FMNIST_RUNS_DIR in a temporary
@@ -27,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 import test_browser as tb  # noqa: E402  (ARGS, open_page, wait_idle, free_port)
 
 from playwright.sync_api import sync_playwright  # noqa: E402
@@ -197,6 +199,37 @@ def throughput(args) -> None:
           f"app/CLI (medians) = {ratio:.1%}")
 
 
+def sessions(args) -> None:
+    """Issue 7's scenario: one session trains (the live Train page open), two others upload a photo
+    at the same moment, `rounds` times; prints each answer's seconds (upload to rendered answer)."""
+    from fmnist.data import load_fashion_mnist
+
+    ds = load_fashion_mnist(os.environ.get("FMNIST_DATA_DIR"))
+    with tempfile.TemporaryDirectory() as tmp, server(Path(tmp), {"FMNIST_JOBS_EXPORT": "0"}) as (url, _), \
+            sync_playwright() as p:
+        browser = launch(p)
+        trainer = tb.open_page(browser, f"{url}/train")
+        tb._start_training(trainer, epochs=200, limit=20_000, widths="16,32,64")
+        trainer.wait_for_function("() => document.querySelector('.st-key-live_batches .js-plotly-plot')",
+                                  timeout=120_000)
+        pages = [tb.open_page(browser, f"{url}/classify") for _ in range(2)]
+        times, cpu_kinds = [], None
+        with CpuSampler() as cpu:
+            for r in range(args.rounds + 1):  # round 0 loads plotly.js in each page: not counted
+                images = [ds.x_test[2 * r], ds.x_test[2 * r + 1]]
+                _, seconds = tb._classify_together(pages, images, f"r{r}", r + 1)
+                if r:
+                    times += seconds
+                print(f"  round {r}: {[round(t, 2) for t in seconds]} s", flush=True)
+            cpu_kinds = cpu.totals()
+        snap = trainer.locator("[data-testid='stProgress']").first.inner_text()
+        print(f"training still running: {snap!r}")
+        trainer.get_by_role("button", name="Stop").click()
+        print(f"classification during training, {len(times)} answers: p50 {statistics.median(times):.2f} s, "
+              f"max {max(times):.2f} s; CPU seconds meanwhile by process: {cpu_kinds}")
+        browser.close()
+
+
 def screenshots(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,6 +268,9 @@ def main() -> None:
     s.add_argument("--limit", type=int, default=10_000)
     s.add_argument("--batch", type=int, default=128)
     s.set_defaults(func=throughput)
+    s = sub.add_parser("sessions")
+    s.add_argument("--rounds", type=int, default=5)
+    s.set_defaults(func=sessions)
     s = sub.add_parser("screenshots")
     s.add_argument("out")
     s.add_argument("--width", type=int, default=1400)
