@@ -51,6 +51,20 @@ def batch_figure(batches: Sequence[Sequence[float]], steps_per_epoch: int | None
     return _layout(fig, "Per-batch loss and accuracy", uirevision="batches")
 
 
+def learning_rate_figure(preview: dict):
+    """The learning rate over the planned training (fmnist.training.learning_rate_preview)."""
+    go = _go()
+    per_epoch = preview["steps_per_epoch"]
+    epochs = [s / per_epoch for s in preview["steps"]]
+    fig = go.Figure(go.Scatter(x=epochs, y=preview["learning_rate"], mode="lines", name="learning rate",
+                               line=dict(color=TRAIN_COLOUR, width=2),
+                               hovertemplate="epoch %{x:.2f}<br>learning rate %{y:.2e}<extra></extra>"))
+    fig.update_layout(xaxis=dict(title_text=f"epoch ({per_epoch:,} steps each)", rangemode="tozero"),
+                      yaxis=dict(title_text="learning rate", rangemode="tozero", exponentformat="e"),
+                      showlegend=False)
+    return _layout(fig, "Learning rate over the training", height=240)
+
+
 def epoch_figure(epochs: Sequence[dict], metric: str = "accuracy"):
     """Per-epoch train and validation curves for `metric` ("accuracy" or "loss")."""
     go = _go()

@@ -196,44 +196,65 @@ def import_tensorflow_quietly() -> None:
         os.close(devnull)
 
 
-class _Schedule:
-    """Warm-up then cosine or linear (one-cycle) decay, as a Keras LearningRateSchedule."""
+def learning_rate_at(step, kind: str, peak: float, total_steps: int, warmup_steps: int, xp=np):
+    """The schedule's learning rate at `step` (a number or array): linear warm-up to `peak`, then
+    cosine or linear (one-cycle) decay. `xp` is numpy (previews) or keras.ops (training): one formula."""
+    warm = float(max(warmup_steps, 1))
+    rest = float(max(total_steps - warmup_steps, 1))
+    up = peak * (step + 1.0) / warm
+    t = xp.clip((step - warmup_steps) / rest, 0.0, 1.0)
+    if kind == "cosine":
+        down = peak * 0.5 * (1.0 + xp.cos(math.pi * t))
+    else:
+        down = peak * (1.0 - t) + peak * 1e-3 * t
+    return xp.where(step < warmup_steps, up, down)
 
-    def __new__(cls, kind: str, peak: float, total_steps: int, warmup_steps: int):
-        import keras
-        from keras import ops
 
-        class Schedule(keras.optimizers.schedules.LearningRateSchedule):
-            def __call__(self, step):
-                step = ops.cast(step, "float32")
-                warm = float(max(warmup_steps, 1))
-                rest = float(max(total_steps - warmup_steps, 1))
-                up = peak * (step + 1.0) / warm
-                t = ops.clip((step - warmup_steps) / rest, 0.0, 1.0)
-                if kind == "cosine":
-                    down = peak * 0.5 * (1.0 + ops.cos(math.pi * t))
-                else:
-                    down = peak * (1.0 - t) + peak * 1e-3 * t
-                return ops.where(step < warmup_steps, up, down)
+def schedule_steps(config: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(total steps, warm-up steps) of a config's schedule."""
+    warmup_epochs = config.warmup_epochs
+    if config.schedule == "onecycle" and not warmup_epochs:
+        warmup_epochs = 0.25 * config.epochs  # one-cycle: a quarter of the run going up
+    return steps_per_epoch * config.epochs, int(round(warmup_epochs * steps_per_epoch))
 
-            def get_config(self):
-                return {"kind": kind, "peak": peak, "total_steps": total_steps, "warmup_steps": warmup_steps}
 
-        return Schedule()
+def learning_rate_preview(config: TrainConfig, points: int = 200) -> dict:
+    """The learning rate over a config's whole training, without TensorFlow (the Train page plots it
+    before Start): {"steps": [...], "learning_rate": [...], "steps_per_epoch": int}."""
+    n_train = (config.limit or fdata.FILES["train"][2]) * (1.0 - config.val_fraction)
+    steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
+    total, warmup = schedule_steps(config, steps_per_epoch)
+    steps = np.unique(np.linspace(0, total - 1, min(points, total)).round()).astype(np.float64)
+    if config.schedule == "constant":
+        rates = np.full_like(steps, config.learning_rate)
+    else:
+        rates = learning_rate_at(steps, config.schedule, config.learning_rate, total, warmup)
+    return {"steps": steps.astype(int).tolist(), "learning_rate": rates.tolist(), "steps_per_epoch": steps_per_epoch}
+
+
+def _keras_schedule(kind: str, peak: float, total_steps: int, warmup_steps: int):
+    """learning_rate_at as a Keras LearningRateSchedule."""
+    import keras
+    from keras import ops
+
+    class Schedule(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return learning_rate_at(ops.cast(step, "float32"), kind, peak, total_steps, warmup_steps, xp=ops)
+
+        def get_config(self):
+            return {"kind": kind, "peak": peak, "total_steps": total_steps, "warmup_steps": warmup_steps}
+
+    return Schedule()
 
 
 def _make_optimizer(config: TrainConfig, steps_per_epoch: int):
     import keras
 
-    total = steps_per_epoch * config.epochs
-    warmup_epochs = config.warmup_epochs
-    if config.schedule == "onecycle" and not warmup_epochs:
-        warmup_epochs = 0.25 * config.epochs  # one-cycle: a quarter of the run going up
-    warmup = int(round(warmup_epochs * steps_per_epoch))
+    total, warmup = schedule_steps(config, steps_per_epoch)
     if config.schedule == "constant":
         lr = config.learning_rate
     else:
-        lr = _Schedule(config.schedule, config.learning_rate, total, warmup)
+        lr = _keras_schedule(config.schedule, config.learning_rate, total, warmup)
     ema = dict(use_ema=True, ema_momentum=config.ema) if config.ema else {}
     if config.optimizer == "adam":
         return keras.optimizers.Adam(lr, **ema)

@@ -163,6 +163,7 @@ def _app_training(url: str, runs: Path, epochs: int, limit: int, batch: int) -> 
         page = tb.open_page(browser, f"{url}/train")
         # like a user who reads the layer table first: the server has imported TensorFlow to build it
         page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=120_000)
+        page.locator(".st-key-lr_preview .js-plotly-plot").wait_for(timeout=60_000)  # as a user sees it
         with CpuSampler() as cpu:
             t0 = time.monotonic()
             tb._start_training(page, epochs=epochs, limit=limit, batch_size=batch)
