@@ -192,7 +192,7 @@ if config is not None:
             st.dataframe(rows, hide_index=True, column_config={
                 "parameters": st.column_config.NumberColumn(format="localized")})
             st.caption(f"Total parameters: {sum(r['parameters'] for r in rows):,}")
-    with st.expander("Learning rate over the training", expanded=not busy):
+    with st.expander(f"Learning-rate schedule: {config.schedule}", expanded=not busy):
         # also loads plotly.js in the browser now, not in the middle of the training (measured: the
         # first live chart otherwise costs the training a second or two of CPU on 2 cores)
         st.plotly_chart(charts.learning_rate_figure(learning_rate_preview(config)), key="lr_preview")
