@@ -325,6 +325,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _create(run_dir: Path, name: str):
+    if name == "keras-process":
+        from fmnist.keras_process import KerasProcessBackend
+
+        return KerasProcessBackend(run_dir)
     if name == "keras":
         from fmnist.runs import RunError
 
@@ -432,16 +436,19 @@ def run_uses_tta(run_dir: str | Path) -> bool:
     return bool(isinstance(config, dict) and config.get("tta_flip"))
 
 
-def get_backend(run_dir: str | Path, name: str = "keras", cache: bool = True, tta: bool | None = None):
+def get_backend(run_dir: str | Path, name: str = "keras", cache: bool = True, tta: bool | None = None,
+                isolated: bool = False):
     """A predictor for a run by backend name (BACKENDS, or openvino-bf16 where the CPU supports it).
 
     tta: average with mirror images (None: as the run's config says; benchmarks pass False to time
-    the model itself). Raises BackendError with a one-line reason (unknown name, no export,
-    tampered or truncated file).
+    the model itself). isolated: Keras runs in a worker process (fmnist.keras_process), so this
+    process never imports TensorFlow (the web app). Raises BackendError with a one-line reason
+    (unknown name, no export, tampered or truncated file).
     """
     if name not in BACKENDS + OPTIONAL_BACKENDS:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    backend = REGISTRY.get(run_dir, name) if cache else _create(Path(run_dir), name)
+    key = "keras-process" if isolated and name == "keras" else name
+    backend = REGISTRY.get(run_dir, key) if cache else _create(Path(run_dir), key)
     if tta is None:
         tta = run_uses_tta(run_dir)
     return FlipAveraged(backend) if tta else backend

@@ -91,7 +91,9 @@ def usable_runs() -> list:
 def _backend_cached(run_dir: str, name: str, stamp: tuple):
     from fmnist.backends import get_backend
 
-    return get_backend(run_dir, name)
+    # isolated: Keras answers from a worker process, so the server never imports TensorFlow (once it
+    # has, Streamlit runs keras.backend.clear_session() after every rerun of every session)
+    return get_backend(run_dir, name, isolated=True)
 
 
 def backend(run_dir: Path, name: str):

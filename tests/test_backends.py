@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -82,6 +84,44 @@ def test_flip_averaging_follows_the_run_config(run, run_copy, dataset):
     atomic_write_json(run_copy / MANIFEST, manifest)
     assert get_backend(run_copy, "keras").tta_flip
     assert not get_backend(run_copy, "keras", tta=False).tta_flip
+
+
+def test_isolated_keras_answers_from_a_worker_process(run, run_copy, dataset):
+    """The app's Keras backend: same answers as in-process Keras, computed in a worker process, and
+    a tampered run is refused before anything reaches the worker."""
+    from fmnist.keras_process import stop_worker
+
+    x = dataset.x_test[:40]
+    expected = get_backend(run, "keras").predict_proba(x)
+    isolated = get_backend(run, "keras", isolated=True)
+    try:
+        assert isolated.name == "keras" and isolated.describe()["process"] == "worker"
+        assert np.abs(isolated.predict_proba(x) - expected).max() <= 1e-6
+        assert isolated.predict_proba(x[0]).shape == (1, 10)
+        worker = isolated.describe()["worker_pid"]
+        assert worker is not None and worker != os.getpid()
+        flipped = get_backend(run, "keras", isolated=True, tta=True)
+        assert np.abs(flipped.predict_proba(x) - get_backend(run, "keras", tta=True).predict_proba(x)).max() <= 1e-6
+        (run_copy / "history.json").write_text("{}")
+        with pytest.raises(BackendError, match="history.json"):
+            get_backend(run_copy, "keras", isolated=True)
+    finally:
+        stop_worker()
+
+
+def test_isolated_keras_never_imports_tensorflow_in_the_caller(run, tmp_path):
+    script = (
+        "import sys, numpy as np\n"
+        "from fmnist.backends import get_backend\n"
+        f"b = get_backend({str(run)!r}, 'keras', isolated=True)\n"
+        "p = b.predict_proba(np.zeros((3, 28, 28), np.uint8))\n"
+        "assert p.shape == (3, 10) and abs(p.sum() - 3) < 1e-4\n"
+        "print('keras' in sys.modules, 'tensorflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False False"
 
 
 def test_int8_is_close_to_fp32(run, dataset):
