@@ -192,6 +192,71 @@ def measure_backends(run_dir: str | Path, images: np.ndarray, labels: np.ndarray
     }
 
 
+def side_by_side(result: dict) -> list[dict]:
+    """One row per backend for a table: test accuracy, agreement with Keras, largest probability
+    difference, single-image latency p50/p95 (Keras: `model(x)`, its faster single-image path),
+    batch throughput and speed-up over Keras `predict`."""
+    latency = {row["method"]: row for row in result["latency"]}
+    rows = []
+    for row in result["batch"]:
+        single = latency.get("keras-call" if row["backend"] == "keras" else row["backend"], {})
+        rows.append({
+            "backend": "Keras" if row["backend"] == "keras" else row["label"],
+            "test accuracy": row["accuracy"], "agreement with Keras": row["top1_agreement"],
+            "max prob. difference": row["max_prob_diff"],
+            "latency p50 (ms)": single.get("p50_ms"), "latency p95 (ms)": single.get("p95_ms"),
+            "throughput (img/s)": round(row["images_per_s"]), "speed-up vs Keras": row["speedup_vs_keras"],
+        })
+    return rows
+
+
+def _measure_in_child(run_dir: str, images: np.ndarray, labels: np.ndarray, events, options: dict) -> None:
+    try:
+        result = measure_backends(run_dir, images, labels, progress=lambda f, m: events.put(("progress", f, m)),
+                                  **options)
+        events.put(("result", result))
+    except Exception as exc:  # reported to the caller as one line
+        events.put(("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]))
+
+
+def measure_backends_isolated(run_dir: str | Path, images: np.ndarray, labels: np.ndarray,
+                              progress: Callable[[float, str], None] | None = None, timeout_s: float = 1800.0,
+                              **options) -> dict:
+    """measure_backends in a child process, progress relayed to the caller: the web app's server never
+    imports TensorFlow, and its threads do not share the measured process. RuntimeError on failure."""
+    import multiprocessing as mp
+    import queue
+
+    ctx = mp.get_context("spawn")
+    events = ctx.Queue()
+    proc = ctx.Process(target=_measure_in_child, name="fmnist-bench-infer", daemon=True,
+                       args=(str(run_dir), np.asarray(images), np.asarray(labels), events, options))
+    proc.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                kind, *rest = events.get(timeout=0.5)
+            except queue.Empty:
+                if not proc.is_alive():
+                    raise RuntimeError(f"the measuring process ended unexpectedly (exit code {proc.exitcode})")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"measuring took longer than {timeout_s:.0f} s")
+                continue
+            if kind == "progress":
+                if progress is not None:
+                    progress(*rest)
+            elif kind == "result":
+                return rest[0]
+            else:
+                raise RuntimeError(rest[0])
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+
+
 def format_report(result: dict) -> str:
     """The measured tables as text (the same table docs/openvino.md shows)."""
     m = result["machine"]

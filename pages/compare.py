@@ -23,18 +23,6 @@ def run_rows(runs) -> list[dict]:
     return rows
 
 
-def backend_rows(result) -> list[dict]:
-    """measure_backends' result as table rows, whatever its exact nesting."""
-    if isinstance(result, dict):
-        for key in ("backends", "rows", "results"):
-            if isinstance(result.get(key), list):
-                return result[key]
-            if isinstance(result.get(key), dict):
-                return [{"backend": k, **v} for k, v in result[key].items() if isinstance(v, dict)]
-        return [{"backend": k, **v} for k, v in result.items() if isinstance(v, dict)]
-    return list(result or [])
-
-
 st.title("Compare")
 runs = _state.all_runs()
 if not runs:
@@ -76,7 +64,7 @@ cache = st.session_state.setdefault("bench_results", {})
 if measure:
     ds = _state.dataset()
     try:
-        from fmnist.bench_infer import measure_backends
+        from fmnist.bench_infer import measure_backends_isolated, side_by_side
     except ImportError:
         st.error("Backend benchmarking is not installed in this version (fmnist.bench_infer is missing).")
     else:
@@ -92,16 +80,25 @@ if measure:
                 bar.progress(min(max(float(frac), 0.0), 1.0), text=str(text))
 
             try:
-                with st.spinner("Measuring every backend..."):
-                    result = measure_backends(run.path, ds.x_test[:n_images], ds.y_test[:n_images],
-                                              progress=progress)
+                with st.spinner("Measuring every backend (in a separate process)..."):
+                    result = measure_backends_isolated(run.path, ds.x_test[:n_images], ds.y_test[:n_images],
+                                                       progress=progress)
             except Exception as exc:
                 st.error(f"Measuring failed: {type(exc).__name__}: {exc}")
             else:
-                cache[bench_run] = {"n": n_images, "rows": backend_rows(result)}
+                cache[bench_run] = {"n": n_images, "rows": side_by_side(result), "skipped": result["skipped"]}
             bar.empty()
 if bench_run in cache:
-    st.caption(f"Measured on {cache[bench_run]['n']:,} test images.")
-    st.dataframe(cache[bench_run]["rows"], hide_index=True)
+    st.caption(f"Measured on {cache[bench_run]['n']:,} test images, each backend as the model itself "
+               "(no flip averaging). Latency: one image per call; throughput: all images in batches.")
+    st.dataframe(cache[bench_run]["rows"], hide_index=True, column_config={
+        "test accuracy": pct, "agreement with Keras": pct,
+        "max prob. difference": st.column_config.NumberColumn(format="%.1e"),
+        "latency p50 (ms)": st.column_config.NumberColumn(format="%.2f"),
+        "latency p95 (ms)": st.column_config.NumberColumn(format="%.2f"),
+        "throughput (img/s)": st.column_config.NumberColumn(format="localized"),
+        "speed-up vs Keras": st.column_config.NumberColumn(format="%.2fx")})
+    for name, reason in cache[bench_run].get("skipped", {}).items():
+        st.caption(f"{name}: not measured ({reason})")
 else:
     st.info("Press Measure to time the backends for this run (takes a few seconds per backend).")

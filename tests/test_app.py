@@ -159,3 +159,4 @@ def test_compare_page(app):
     goto(app, "compare")
     assert app.dataframe
     assert app.button(key="cmp_measure") is not None
+

@@ -264,7 +264,7 @@ def test_cli_predict_with_each_backend(run, dataset, tmp_path, capsys):
 
 
 def test_measure_backends_reports_every_backend(run, dataset):
-    from fmnist.bench_infer import format_markdown, format_report, measure_backends
+    from fmnist.bench_infer import format_markdown, format_report, measure_backends, side_by_side
 
     seen = []
     result = measure_backends(run, dataset.x_test, dataset.y_test, progress=lambda f, m: seen.append((f, m)),
@@ -285,6 +285,27 @@ def test_measure_backends_reports_every_backend(run, dataset):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(seen) >= 8
     assert "OpenVINO INT8" in format_report(result)
     assert "| OpenVINO FP32 |" in format_markdown(result)
+    table = {row["backend"]: row for row in side_by_side(result)}  # the Compare page's table
+    assert list(table) == ["Keras", "OpenVINO FP32", "OpenVINO INT8"]
+    assert table["Keras"]["agreement with Keras"] == 1.0 and table["Keras"]["speed-up vs Keras"] == 1.0
+    assert table["OpenVINO FP32"]["latency p50 (ms)"] == result["latency"][2]["p50_ms"]
+    assert table["Keras"]["latency p95 (ms)"] == result["latency"][1]["p95_ms"]  # model(x)
+    assert table["OpenVINO INT8"]["throughput (img/s)"] == round(rows["openvino-int8"]["images_per_s"])
+
+
+def test_measure_backends_isolated_relays_progress_and_errors(run, dataset, tmp_path):
+    """The Compare page's measurement runs in a child process: same result shape, progress relayed,
+    failures as a one-line RuntimeError."""
+    from fmnist.bench_infer import measure_backends_isolated
+
+    seen = []
+    result = measure_backends_isolated(run, dataset.x_test[:100], dataset.y_test[:100],
+                                       progress=lambda f, m: seen.append(f), repeats=3, batch_repeats=1,
+                                       keras_predict_calls=1, include_bf16=False)
+    assert {row["backend"] for row in result["batch"]} == {"keras", "openvino-fp32", "openvino-int8"}
+    assert result["images"] == 100 and seen == sorted(seen) and seen[-1] == 1.0
+    with pytest.raises(RuntimeError, match="labels"):
+        measure_backends_isolated(run, dataset.x_test[:10], dataset.y_test[:5])
 
 
 def _real_data():
