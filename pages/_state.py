@@ -197,6 +197,7 @@ def sidebar() -> None:
         if st.session_state.get(BACKEND_KEY) not in BACKENDS:
             st.session_state[BACKEND_KEY] = "openvino-fp32" if "openvino-fp32" in BACKENDS else BACKENDS[0]
         st.selectbox("Backend", list(BACKENDS), key=BACKEND_KEY, format_func=lambda b: BACKEND_LABELS.get(b, b),
+                     on_change=_on_backend_change,
                      help="Which inference engine Classify uses. Compare measures them side by side.")
         job = current_job()
         if job is not None:
@@ -275,9 +276,14 @@ def warm_up() -> None:
     if flag["started"]:
         return
     flag["started"] = True
-    run, name = current_run(), current_backend()
-    if run is None or name == "keras":  # Keras would pull TensorFlow into the server: only on demand
-        return
+    run = current_run()
+    if run is not None:
+        warm(run.path, current_backend())
+
+
+def warm(run_path: Path, name: str) -> None:
+    """Load a run's backend in a background thread (Keras: starts its worker process, so the server
+    still never imports TensorFlow). Errors are left to the page that needs the model."""
 
     def work() -> None:
         try:
@@ -286,8 +292,15 @@ def warm_up() -> None:
             import fmnist.preprocess  # noqa: F401
             from fmnist.backends import get_backend
 
-            get_backend(run.path, name).predict_proba(np.zeros((1, 28, 28), np.float32))
+            get_backend(run_path, name, isolated=True).predict_proba(np.zeros((1, 28, 28), np.float32))
         except Exception:  # a missing export etc. is reported by the page that needs the model
             pass
 
     threading.Thread(target=work, name="fmnist-warm-up", daemon=True).start()
+
+
+def _on_backend_change() -> None:
+    """A newly picked backend starts loading at once, while the user uploads or draws."""
+    run = current_run()
+    if run is not None:
+        warm(run.path, st.session_state.get(BACKEND_KEY, "keras"))
