@@ -28,27 +28,42 @@ def _layout(fig, title: str = "", height: int = 320, **kwargs):
     return fig
 
 
+def smooth(values: Sequence[float], weight: float = 0.8) -> list[float]:
+    """Exponential moving average with TensorBoard's bias correction (the first points are not
+    pulled towards zero); non-finite values are carried over as they are."""
+    out, avg, n = [], 0.0, 0
+    for v in values:
+        if not np.isfinite(v):
+            out.append(v)
+            continue
+        n += 1
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight ** n))
+    return out
+
+
 def batch_figure(batches: Sequence[Sequence[float]], steps_per_epoch: int | None = None):
-    """Live per-batch loss (left axis) and accuracy (right axis) from (step, loss, accuracy) rows.
+    """Live loss (left axis) and accuracy (right axis) of each batch, smoothed, from
+    (step, batch loss, batch accuracy) rows.
 
     Built with a plain second y axis rather than make_subplots (several times slower): the Train
-    page redraws this figure every second while a training runs.
+    page redraws this figure every few seconds while a training runs.
     """
     go = _go()
     steps = [b[0] for b in batches]
     fig = go.Figure([
-        go.Scatter(x=steps, y=[b[1] for b in batches], name="batch loss", mode="lines",
+        go.Scatter(x=steps, y=smooth([b[1] for b in batches]), name="loss", mode="lines",
                    line=dict(color=TRAIN_COLOUR, width=1.5)),
-        go.Scatter(x=steps, y=[b[2] for b in batches], name="batch accuracy", mode="lines", yaxis="y2",
+        go.Scatter(x=steps, y=smooth([b[2] for b in batches]), name="accuracy", mode="lines", yaxis="y2",
                    line=dict(color=VAL_COLOUR, width=1.5)),
     ])
     fig.update_layout(
         yaxis=dict(title_text="loss", rangemode="tozero"),
-        yaxis2=dict(title_text="accuracy", range=[0, 1], tickformat=".0%", overlaying="y", side="right",
+        yaxis2=dict(title_text="accuracy", range=[0, 1], dtick=0.2, tickformat=".0%", overlaying="y", side="right",
                     showgrid=False),
         xaxis=dict(title_text="step" if not steps_per_epoch else f"step ({steps_per_epoch} per epoch)"),
     )
-    return _layout(fig, "Per-batch loss and accuracy", uirevision="batches")
+    return _layout(fig, "Loss and accuracy per batch (smoothed)", uirevision="batches")
 
 
 def learning_rate_figure(preview: dict):

@@ -3,7 +3,8 @@
 Listeners are plain callables that receive event dicts; the CLI's progress bar, the web app's
 worker and the tests all listen the same way. Event kinds:
     start    {epochs, steps_per_epoch, total_steps, n_train, n_val, params}
-    batch    {epoch, step, global_step, total_steps, loss, accuracy, images_per_s, eta_s}
+    batch    {epoch, step, global_step, total_steps, loss, accuracy (the epoch's running means, as
+              Keras reports them), batch_loss, batch_accuracy (this batch's own), images_per_s, eta_s}
     epoch    {epoch, loss, accuracy, val_loss, val_accuracy, learning_rate, seconds, images_per_s}
     status   {message}                     (loading data, evaluating, saving, exporting)
     finished / stopped / failed  {run_dir, message, test_accuracy}
@@ -343,21 +344,32 @@ def _bridge_callback(config: TrainConfig, emit: Callable[[dict], None], stop_eve
         def on_epoch_begin(self, epoch, logs=None):
             state["epoch"] = epoch
             state["epoch_t0"] = time.perf_counter()
+            state["so_far"] = (0, 0.0, 0.0)  # images seen this epoch, their mean loss and accuracy
 
         def on_train_batch_end(self, batch, logs=None):
             logs = logs or {}
+            # Keras reports the epoch's running means (weighted by images); this batch's own values
+            # are what the running means moved by. Charts show these, without the saw-tooth that
+            # running means draw at every epoch boundary.
             loss = float(logs.get("loss", float("nan")))
             acc = float(logs.get("accuracy", float("nan")))
+            seen_before, loss_before, acc_before = state["so_far"]
+            seen = min((batch + 1) * config.batch_size, n_train)
+            size = max(seen - seen_before, 1)
+            batch_loss = (loss * seen - loss_before * seen_before) / size
+            batch_acc = min(max((acc * seen - acc_before * seen_before) / size, 0.0), 1.0)
+            state["so_far"] = (seen, loss, acc)
             step = state["epoch"] * steps_per_epoch + batch + 1
             total = steps_per_epoch * config.epochs
             elapsed = time.perf_counter() - state["t0"]
             rate = step * config.batch_size / max(elapsed, 1e-9)
             state["last_batch_t"] = time.perf_counter()
             state["epoch_batches"] = batch + 1
-            history["batches"].append({"epoch": state["epoch"] + 1, "step": step, "loss": loss, "accuracy": acc})
+            history["batches"].append({"epoch": state["epoch"] + 1, "step": step, "loss": loss, "accuracy": acc,
+                                       "batch_loss": batch_loss, "batch_accuracy": batch_acc})
             emit({"kind": "batch", "epoch": state["epoch"] + 1, "step": batch + 1, "global_step": step,
-                  "total_steps": total, "loss": loss, "accuracy": acc, "images_per_s": rate,
-                  "eta_s": (total - step) * elapsed / step})
+                  "total_steps": total, "loss": loss, "accuracy": acc, "batch_loss": batch_loss,
+                  "batch_accuracy": batch_acc, "images_per_s": rate, "eta_s": (total - step) * elapsed / step})
             if not math.isfinite(loss):
                 state["nan"] = True
                 self.model.stop_training = True

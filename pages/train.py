@@ -146,8 +146,9 @@ def live_panel(job_id: str, active: bool) -> None:
             st.info(line)
         if last:
             m = st.columns(4)
-            m[0].metric("Batch loss", f"{last['loss']:.4f}")
-            m[1].metric("Batch accuracy", f"{last['accuracy']:.2%}")
+            m[0].metric("Loss (this epoch)", f"{last['loss']:.4f}", help="Mean over the epoch's batches so far")
+            m[1].metric("Accuracy (this epoch)", f"{last['accuracy']:.2%}",
+                        help="Mean over the epoch's batches so far (with dropout and augmentation on)")
             val = [e for e in snap["epochs"] if e.get("val_accuracy") is not None]
             m[2].metric("Validation accuracy", f"{val[-1]['val_accuracy']:.2%}" if val else "after epoch 1")
             m[3].metric("Throughput", f"{last['images_per_s']:,.0f} img/s")

@@ -47,6 +47,8 @@ def test_figures():
     fig = charts.batch_figure(batches, steps_per_epoch=50)
     assert len(fig.data) == 2 and fig.data[1].yaxis == "y2" and fig.layout.yaxis2.overlaying == "y"
     assert list(fig.data[0].x) == list(range(1, 101))
+    assert charts.smooth([1.0, 1.0, 1.0]) == pytest.approx([1.0, 1.0, 1.0])  # no pull towards zero
+    assert charts.smooth([0.0, 10.0], 0.5) == pytest.approx([0.0, 10.0 * 0.5 / 0.75])
     epochs = [{"epoch": e, "accuracy": 0.8 + e / 100, "val_accuracy": 0.79, "loss": 0.5, "val_loss": 0.6}
               for e in (1, 2, 3)]
     assert len(charts.epoch_figure(epochs, "accuracy").data) == 2

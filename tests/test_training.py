@@ -19,6 +19,15 @@ def test_one_epoch_emits_batch_epoch_and_finished_events(tiny_dataset, tmp_path)
     steps = math.ceil(len(tiny_dataset.x_train) * 0.9 / 64)
     assert len(batches) == steps and batches[-1]["global_step"] == steps
     assert all(np.isfinite(b["loss"]) and 0 <= b["accuracy"] <= 1 for b in batches)
+    # each batch's own loss and accuracy: their image-weighted means are the epoch's running means
+    n_train = next(e for e in events if e["kind"] == "start")["n_train"]
+    sizes = np.diff([0] + [min(b["step"] * 64, n_train) for b in batches])
+    for k in (1, len(batches) // 2, len(batches)):
+        seen = batches[:k]
+        assert np.average([b["batch_loss"] for b in seen], weights=sizes[:k]) == pytest.approx(seen[-1]["loss"], rel=1e-4)
+        assert np.average([b["batch_accuracy"] for b in seen], weights=sizes[:k]) == pytest.approx(
+            seen[-1]["accuracy"], abs=1e-4)
+    assert len({round(b["batch_loss"], 6) for b in batches}) > 1
     (epoch,) = [e for e in events if e["kind"] == "epoch"]
     assert 0 <= epoch["val_accuracy"] <= 1 and epoch["val_loss"] > 0
     history = load_history(result.run_dir)
