@@ -195,9 +195,11 @@ def throughput(args) -> None:
             app.append(_app_training(url, Path(tmp), args.epochs, args.limit, args.batch)["images_per_s"])
         print(f"  cli {cli[-1]:.0f} img/s, app {app[-1]:.0f} img/s", flush=True)
     ratio = statistics.median(app) / statistics.median(cli)
+    pairs = [a / c for a, c in zip(app, cli)]
     print(f"training throughput, modern, epochs={args.epochs}, limit={args.limit}, batch={args.batch}: "
           f"CLI {[round(c) for c in cli]} img/s, app (Train page open) {[round(a) for a in app]} img/s; "
-          f"app/CLI (medians) = {ratio:.1%}")
+          f"app/CLI (medians) = {ratio:.1%}; per pair {[f'{r:.0%}' for r in pairs]}, "
+          f"median {statistics.median(pairs):.1%}")
 
 
 def sessions(args) -> None:
