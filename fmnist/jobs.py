@@ -123,8 +123,7 @@ class Job:
                 self.last_batch = event
                 self._seen_batches += 1
                 if (self._seen_batches - 1) % self._stride == 0:
-                    self.batches.append((event["global_step"], event.get("batch_loss", event["loss"]),
-                                         event.get("batch_accuracy", event["accuracy"])))
+                    self.batches.append((event["global_step"], event["batch_loss"], event["batch_accuracy"]))
                     if len(self.batches) > MAX_BATCH_POINTS:  # thin: keep every other point
                         self.batches = self.batches[::2]
                         self._stride *= 2

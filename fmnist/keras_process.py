@@ -84,7 +84,7 @@ class _Worker:
             try:
                 cls._conn.send((str(run_dir), _manifest_token(run_dir), images))
                 answer = cls._conn.recv()
-            except (EOFError, OSError, BrokenPipeError) as exc:
+            except (EOFError, OSError) as exc:  # a broken pipe is an OSError
                 cls._proc = None
                 raise BackendError(f"the Keras worker process stopped ({type(exc).__name__}); try again") from exc
         if isinstance(answer, str):
@@ -111,7 +111,7 @@ class _Worker:
             if cls._proc is not None and cls._proc.is_alive():
                 try:
                     cls._conn.send(None)
-                except (OSError, BrokenPipeError):
+                except OSError:
                     pass
                 cls._proc.join(timeout=10)
                 if cls._proc.is_alive():

@@ -364,7 +364,6 @@ def _bridge_callback(config: TrainConfig, emit: Callable[[dict], None], stop_eve
             elapsed = time.perf_counter() - state["t0"]
             rate = step * config.batch_size / max(elapsed, 1e-9)
             state["last_batch_t"] = time.perf_counter()
-            state["epoch_batches"] = batch + 1
             history["batches"].append({"epoch": state["epoch"] + 1, "step": step, "loss": loss, "accuracy": acc,
                                        "batch_loss": batch_loss, "batch_accuracy": batch_acc})
             emit({"kind": "batch", "epoch": state["epoch"] + 1, "step": batch + 1, "global_step": step,
@@ -382,7 +381,7 @@ def _bridge_callback(config: TrainConfig, emit: Callable[[dict], None], stop_eve
             seconds = time.perf_counter() - state["epoch_t0"]
             # training-only time (up to the last batch), excluding validation, for throughput
             train_seconds = state.get("last_batch_t", state["epoch_t0"]) - state["epoch_t0"]
-            images = min(state.get("epoch_batches", 0) * config.batch_size, n_train)
+            images = state["so_far"][0]
             lr = self.model.optimizer.learning_rate
             row = {
                 "epoch": epoch + 1,

@@ -79,15 +79,14 @@ def prepared_upload(f):
     from fmnist.preprocess import ImageError, prepare_photo_bytes
 
     cache = st.session_state.setdefault("prepared_uploads", {})
-    key = getattr(f, "file_id", None) or id(f)
-    if key not in cache:
+    if f.file_id not in cache:
         try:
-            cache[key] = prepare_photo_bytes(f.getvalue())
+            cache[f.file_id] = prepare_photo_bytes(f.getvalue())
         except ImageError as exc:
-            cache[key] = str(exc)
+            cache[f.file_id] = str(exc)
         while len(cache) > 24:  # bounded: a long session of uploads does not grow memory
             cache.pop(next(iter(cache)))
-    return cache[key]
+    return cache[f.file_id]
 
 
 @st.fragment

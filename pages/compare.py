@@ -4,6 +4,7 @@ side by side (accuracy, agreement, latency p50/p95, throughput), measured on dem
 import streamlit as st
 
 from fmnist import charts
+from fmnist.bench_infer import measure_backends_isolated, side_by_side
 from pages import _state
 
 _state.ensure_navigation()
@@ -63,31 +64,19 @@ measure = c3.button("Measure", type="primary", icon=":material/speed:", key="cmp
 cache = st.session_state.setdefault("bench_results", {})
 if measure:
     ds = _state.dataset()
-    try:
-        from fmnist.bench_infer import measure_backends_isolated, side_by_side
-    except ImportError:
-        st.error("Backend benchmarking is not installed in this version (fmnist.bench_infer is missing).")
-    else:
-        if ds is not None:
-            run = next(r for r in usable if r.name == bench_run)
-            bar = st.progress(0.0, text="Measuring...")
-
-            def progress(*args, **kwargs):
-                """Accepts (fraction[, message]) or (done, total[, message])."""
-                nums = [a for a in args if isinstance(a, (int, float))]
-                text = next((a for a in args if isinstance(a, str)), kwargs.get("message", "Measuring..."))
-                frac = nums[0] / nums[1] if len(nums) >= 2 and nums[1] else (nums[0] if nums else 0.0)
-                bar.progress(min(max(float(frac), 0.0), 1.0), text=str(text))
-
-            try:
-                with st.spinner("Measuring every backend (in a separate process)..."):
-                    result = measure_backends_isolated(run.path, ds.x_test[:n_images], ds.y_test[:n_images],
-                                                       progress=progress)
-            except Exception as exc:
-                st.error(f"Measuring failed: {type(exc).__name__}: {exc}")
-            else:
-                cache[bench_run] = {"n": n_images, "rows": side_by_side(result), "skipped": result["skipped"]}
-            bar.empty()
+    if ds is not None:
+        run = next(r for r in usable if r.name == bench_run)
+        bar = st.progress(0.0, text="Measuring...")
+        try:
+            with st.spinner("Measuring every backend (in a separate process)..."):
+                result = measure_backends_isolated(
+                    run.path, ds.x_test[:n_images], ds.y_test[:n_images],
+                    progress=lambda fraction, message: bar.progress(min(max(fraction, 0.0), 1.0), text=message))
+        except Exception as exc:
+            st.error(f"Measuring failed: {type(exc).__name__}: {exc}")
+        else:
+            cache[bench_run] = {"n": n_images, "rows": side_by_side(result), "skipped": result["skipped"]}
+        bar.empty()
 if bench_run in cache:
     st.caption(f"Measured on {cache[bench_run]['n']:,} test images, each backend as the model itself "
                "(no flip averaging). Latency: one image per call; throughput: all images in batches.")
