@@ -4,6 +4,7 @@
     python tests/measure_app.py coldstart [--repeat 3]    # `streamlit run` start -> first rendered page
     python tests/measure_app.py stroke [--strokes 10]     # canvas stroke -> prediction, OpenVINO FP32
     python tests/measure_app.py throughput [--repeat 2]   # app training vs CLI, images/s (status.json)
+    python tests/measure_app.py steady [--seconds 20]     # CPU by process: idle, and mid-training
     python tests/measure_app.py sessions [--rounds 5]     # 2 sessions classify while a 3rd trains
     python tests/measure_app.py screenshots OUT_DIR       # full-page PNG of every page
 
@@ -202,6 +203,33 @@ def throughput(args) -> None:
           f"median {statistics.median(pairs):.1%}")
 
 
+def steady(args) -> None:
+    """CPU seconds by process over `seconds`: the idle app (Train, Data), then in the middle of a
+    long training with the Train page open and with the Data page open."""
+    def sample(label: str) -> None:
+        with CpuSampler() as cpu:
+            time.sleep(args.seconds)
+        print(f"{label}, {args.seconds:.0f} s: {cpu.totals()}", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp, server(Path(tmp), {"FMNIST_JOBS_EXPORT": "0"}) as (url, _), \
+            sync_playwright() as p:
+        browser = launch(p)
+        for path in ("train", "data"):
+            page = tb.open_page(browser, f"{url}/{path}")
+            time.sleep(3)
+            sample(f"{path} page, idle")
+            page.close()
+        page = tb.open_page(browser, f"{url}/train")
+        tb._start_training(page, epochs=30, limit=10_000, batch_size=128)
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=180_000)
+        sample("train page, training")
+        page.get_by_role("link", name="Data").click()
+        tb.wait_idle(page)
+        time.sleep(3)
+        sample("data page, training")
+        browser.close()
+
+
 def sessions(args) -> None:
     """Issue 7's scenario: one session trains (the live Train page open), two others upload a photo
     at the same moment, `rounds` times; prints each answer's seconds (upload to rendered answer)."""
@@ -271,6 +299,9 @@ def main() -> None:
     s.add_argument("--limit", type=int, default=10_000)
     s.add_argument("--batch", type=int, default=128)
     s.set_defaults(func=throughput)
+    s = sub.add_parser("steady")
+    s.add_argument("--seconds", type=float, default=20.0)
+    s.set_defaults(func=steady)
     s = sub.add_parser("sessions")
     s.add_argument("--rounds", type=int, default=5)
     s.set_defaults(func=sessions)

@@ -329,7 +329,35 @@ def tune_on_training_items(n: int = 500, renderings: int = 3) -> list[float]:
             for r in range(renderings)]
 
 
-if __name__ == "__main__":  # PYTHONPATH=. python tests/test_preprocess.py
-    scores = tune_on_training_items()
-    print("round trip agreement on 500 training items, per rendering:",
-          " ".join(f"{s * 100:.1f}%" for s in scores), f"mean {np.mean(scores) * 100:.2f}%")
+def held_out_agreement(tta: bool | None = None, n: int = 600, draws: int = 2) -> list[float]:
+    """The round trip on items of the run's own validation split (held out from its training, unlike
+    the training-item harness above), `draws` photo renderings each: how flip averaging was chosen
+    (docs/photos.md). tta: None = as the run says, False = the model alone."""
+    import json
+
+    from fmnist.backends import get_backend
+    from fmnist.data import load_fashion_mnist, make_splits
+
+    run = _round_trip_run()
+    if run is None:
+        raise SystemExit("no model: assets/default-model is missing (FMNIST_TEST_RUN=<run> to use another)")
+    config = json.loads((Path(run) / "config.json").read_text())
+    splits = make_splits(load_fashion_mnist(os.environ.get("FMNIST_DATA_DIR")), config["val_fraction"],
+                         config["seed"], config["limit"])
+    originals = splits.x_val[np.random.default_rng(77).choice(len(splits.x_val), n, replace=False)]
+    backend = get_backend(run, "keras", tta=tta)
+    return [round_trip_agreement(backend, originals, np.random.default_rng(500 + r)) for r in range(draws)]
+
+
+if __name__ == "__main__":  # PYTHONPATH=. python tests/test_preprocess.py [validation]
+    import sys
+
+    def show(label: str, scores: list[float]) -> None:
+        print(f"{label}, per rendering:", " ".join(f"{s * 100:.2f}%" for s in scores),
+              f"mean {np.mean(scores) * 100:.2f}%")
+
+    if sys.argv[1:] == ["validation"]:
+        show("round trip on 600 validation items, the model alone", held_out_agreement(tta=False))
+        show("round trip on 600 validation items, as the run answers", held_out_agreement())
+    else:
+        show("round trip agreement on 500 training items", tune_on_training_items())
