@@ -1,0 +1,1 @@
+"""Fashion-MNIST Studio test suite (a package, so `from tests.prereq import require` resolves here)."""
