@@ -1,4 +1,8 @@
-"""Shared fixtures. Fast tests use tiny synthetic data; `integration` tests use FMNIST_DATA_DIR."""
+"""Shared fixtures. Fast tests use tiny synthetic data; `integration` tests use FMNIST_DATA_DIR.
+
+A missing prerequisite (data, Chromium, Playwright, the shipped model) goes through
+tests/prereq.py: a skip on a developer's machine, a failure under CI=true.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from tests import prereq
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _real_data_dir() -> Path | None:
-    value = os.environ.get("FMNIST_DATA_DIR")
-    if value and (Path(value) / "t10k-labels-idx1-ubyte.gz").exists():
-        return Path(value)
-    guess = ROOT.parent / "shared" / "data" / "fashion-mnist"
-    return guess if (guess / "t10k-labels-idx1-ubyte.gz").exists() else None
+def pytest_report_header(config) -> list[str]:
+    return prereq.summary()
 
 
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
-    path = _real_data_dir()
-    if path is None:
-        pytest.skip("real Fashion-MNIST files not found (set FMNIST_DATA_DIR)")
-    return path
+    return prereq.require_data()
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +31,11 @@ def real_dataset(real_data_dir):
     from fmnist.data import load_fashion_mnist
 
     return load_fashion_mnist(real_data_dir)
+
+
+@pytest.fixture(scope="session")
+def shipped_model() -> Path:
+    return prereq.require_shipped_model()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Every page of the Streamlit app under AppTest: no exception, key widgets present, bad input
-answered with a message. The shipped default model is the current run (a tiny run is trained
-when it is missing; needs FMNIST_DATA_DIR); the drawable canvas, which AppTest cannot drive, is
+answered with a message. The shipped default model is the current run (a prerequisite, as are
+the Fashion-MNIST files: tests/prereq.py); the drawable canvas, which AppTest cannot drive, is
 replaced by a fake returning a drawing."""
 
 from __future__ import annotations
@@ -13,12 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import prereq
+
 pytestmark = pytest.mark.app
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = os.environ.get("FMNIST_DATA_DIR")
-needs_data = pytest.mark.skipif(not DATA_DIR or not Path(DATA_DIR).is_dir(),
-                                reason="FMNIST_DATA_DIR with the Fashion-MNIST files is needed")
+
+
+@pytest.fixture
+def needs_data(monkeypatch) -> Path:
+    """The real Fashion-MNIST folder, exported to the app as FMNIST_DATA_DIR (skip/fail without it)."""
+    folder = prereq.require_data()
+    monkeypatch.setenv("FMNIST_DATA_DIR", str(folder))
+    return folder
 
 
 class FakeCanvasResult:
@@ -46,21 +53,9 @@ def fake_canvas(monkeypatch):
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
-    """An empty runs folder: the shipped default model (assets/default-model) is the current run.
-    Without it (a checkout that lacks the asset), one tiny real run is trained instead."""
-    from fmnist.runs import DEFAULT_MODEL_DIR, verify_run
-
-    root = tmp_path_factory.mktemp("app-runs")
-    if DEFAULT_MODEL_DIR.is_dir() and verify_run(DEFAULT_MODEL_DIR).usable:
-        return root
-    if DATA_DIR and Path(DATA_DIR).is_dir():
-        from fmnist.data import load_fashion_mnist
-        from fmnist.training import TrainConfig, train
-
-        config = TrainConfig(arch="modern", widths=[8, 16, 16], epochs=1, batch_size=100, limit=1000)
-        result = train(config, load_fashion_mnist(DATA_DIR), runs_root=root, export=False)
-        assert result.status == "completed", result.message
-    return root
+    """An empty runs folder: the shipped default model (assets/default-model) is the current run."""
+    prereq.require_shipped_model()
+    return tmp_path_factory.mktemp("app-runs")
 
 
 @pytest.fixture
@@ -106,8 +101,7 @@ def test_home_and_sidebar(app):
     assert app.selectbox(key="backend").options  # backend choice in the shared sidebar
 
 
-@needs_data
-def test_data_page(app):
+def test_data_page(needs_data, app):
     goto(app, "data")
     assert app.slider(key="data_per_class").value == 10
     before = app.get("image")[0].proto.imgs[0].url
@@ -142,8 +136,7 @@ def test_train_page_widgets_bounds_and_bad_input(app):
     assert app.button(key="train_start").disabled is True
 
 
-@needs_data
-def test_results_page_metrics_and_cell_gallery(app):
+def test_results_page_metrics_and_cell_gallery(needs_data, app):
     goto(app, "results")
     labels = [m.label for m in app.metric]
     assert "Test accuracy" in labels and "Train − val gap" in labels
@@ -156,8 +149,7 @@ def test_results_page_metrics_and_cell_gallery(app):
     assert not app.exception
 
 
-@needs_data
-def test_classify_page_draws_and_predicts(app, fake_canvas):
+def test_classify_page_draws_and_predicts(needs_data, app, fake_canvas):
     goto(app, "classify")
     assert fake_canvas and fake_canvas[-1]["return_image_data"] is True
     out = texts(app)

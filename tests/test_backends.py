@@ -17,6 +17,7 @@ from fmnist import data as fdata
 from fmnist import export as fexport
 from fmnist.backends import BACKENDS, REGISTRY, BackendError, backend_status, get_backend
 from fmnist.runs import DEFAULT_MODEL_DIR, MANIFEST, add_files, atomic_write_json, read_json, sha256_file, verify_run
+from tests.prereq import require
 
 
 @pytest.fixture(scope="module")
@@ -308,22 +309,14 @@ def test_measure_backends_isolated_relays_progress_and_errors(run, dataset, tmp_
         measure_backends_isolated(run, dataset.x_test[:10], dataset.y_test[:5])
 
 
-def _real_data():
-    try:
-        return fdata.load_fashion_mnist(download=False)
-    except fdata.DataError:
-        return None
-
-
 @pytest.mark.integration
-def test_shipped_model_parity_on_the_test_set():
+@pytest.mark.slow
+def test_shipped_model_parity_on_the_test_set(real_dataset):
     """The issue's acceptance figures for agreement: FP32 = Keras, INT8 within 0.3 points."""
     model_dir = Path(os.environ.get("FMNIST_TEST_RUN") or DEFAULT_MODEL_DIR)  # FMNIST_TEST_RUN: another run
-    if not (model_dir / "openvino" / "export.json").is_file():
-        pytest.skip(f"{model_dir} (with its OpenVINO export) is not present; FMNIST_TEST_RUN=<run> to use another")
-    data = _real_data()
-    if data is None:
-        pytest.skip("Fashion-MNIST data not found (set FMNIST_DATA_DIR)")
+    require((model_dir / "openvino" / "export.json").is_file(),
+            f"{model_dir} with its OpenVINO export (FMNIST_TEST_RUN=<run> to use another run)")
+    data = real_dataset
     keras = get_backend(model_dir, "keras").predict_proba(data.x_test)
     fp32 = get_backend(model_dir, "openvino-fp32").predict_proba(data.x_test)
     int8 = get_backend(model_dir, "openvino-int8").predict_proba(data.x_test)

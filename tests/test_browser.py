@@ -1,7 +1,8 @@
 """Browser tests: a real `streamlit run` server driven by Playwright in Debian's Chromium.
 
 One server is shared by the whole module (FMNIST_RUNS_DIR points at a temporary folder). The
-tests need the real Fashion-MNIST files (FMNIST_DATA_DIR) and Chromium; they skip without them.
+tests need the real Fashion-MNIST files (FMNIST_DATA_DIR), Chromium, Playwright and the shipped
+model; without one they skip, or fail under CI=true (tests/prereq.py).
 """
 
 from __future__ import annotations
@@ -22,22 +23,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.browser
+from tests import prereq
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
-DATA_DIR = os.environ.get("FMNIST_DATA_DIR")
 ERRORS = "[data-testid='stException'], [data-testid='stAlertContentError']"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot")
 
-if CHROMIUM is None:
-    pytest.skip("Chromium is not installed", allow_module_level=True)
-if not DATA_DIR or not Path(DATA_DIR).is_dir():
-    pytest.skip("FMNIST_DATA_DIR with the Fashion-MNIST files is needed", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = prereq.require_chromium()
+DATA_DIR = str(prereq.require_data())
+sync_api = prereq.require_module("playwright.sync_api", "Playwright (pip install -r requirements.txt)")
+SHIPPED = prereq.require_shipped_model()
 
 
 def free_port() -> int:

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from fmnist import preprocess as pp
 from fmnist.images import ImageError
+from tests.prereq import require
 
 # ----------------------------------------------------------------------------------------------------
 # Product-style photos from 28x28 items (dataset polarity: light item on black)
@@ -295,8 +296,8 @@ def round_trip_agreement(backend, originals: np.ndarray, rng: np.random.Generato
 @pytest.mark.integration
 def test_round_trip_prediction_matches_original(real_dataset):
     run = _round_trip_run()
-    if run is None:
-        pytest.skip("the shipped model (assets/default-model) is not there yet; FMNIST_TEST_RUN=<run> to use another")
+    require(run is not None and (run / "manifest.json").is_file(),
+            f"the shipped model ({run or 'assets/default-model'}; FMNIST_TEST_RUN=<run> to use another)")
     from fmnist.backends import get_backend
 
     backend = get_backend(run, "keras")

@@ -6,10 +6,7 @@ import pytest
 from fmnist.runs import DEFAULT_MODEL_DIR, load_metrics, load_model, resolve_run, verify_run
 from fmnist.training import TrainConfig, predict_probabilities
 
-pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_DIR.is_dir(), reason="no shipped model in assets/")
-
-
-def test_shipped_model_verifies_and_is_the_default():
+def test_shipped_model_verifies_and_is_the_default(shipped_model):
     info = verify_run(DEFAULT_MODEL_DIR)
     assert info.status == "completed" and info.reason == "" and info.is_default
     assert info.bundles.get("openvino") == "ok"  # ships its IR too
@@ -20,7 +17,7 @@ def test_shipped_model_verifies_and_is_the_default():
 
 
 @pytest.mark.integration
-def test_shipped_model_reaches_its_claimed_test_accuracy(real_dataset):
+def test_shipped_model_reaches_its_claimed_test_accuracy(shipped_model, real_dataset):
     claimed = load_metrics(DEFAULT_MODEL_DIR)["test_accuracy"]
     config = TrainConfig.from_dict(verify_run(DEFAULT_MODEL_DIR).config)
     probs = predict_probabilities(load_model(DEFAULT_MODEL_DIR), real_dataset.x_test, config.tta_flip)
