@@ -66,8 +66,40 @@ class RunInfo:
     def label(self) -> str:
         acc = self.summary.get("test_accuracy")
         acc_text = f"{acc * 100:.2f}%" if isinstance(acc, (int, float)) else "n/a"
-        tag = "shipped default" if self.is_default else self.config.get("preset") or self.config.get("arch", "?")
+        tag = "shipped default" if self.is_default else config_label(self.config)
         return f"{self.name} ({tag}, {acc_text})"
+
+
+_LABEL_FIELDS = {"arch": "architecture", "widths": "widths", "dropout": "dropout", "epochs": "epochs",
+                 "batch_size": "batch", "optimizer": "optimizer", "learning_rate": "lr", "schedule": "schedule",
+                 "warmup_epochs": "warm-up", "weight_decay": "weight decay", "label_smoothing": "smoothing",
+                 "augment_flip": "flips", "augment_shift": "shift", "augment_scale": "zoom", "ema": "ema",
+                 "tta_flip": "flip averaging", "val_fraction": "validation", "seed": "seed",
+                 "limit": "training set", "precision": "precision"}
+
+
+def config_label(config: dict) -> str:
+    """A short name that tells configurations apart: "fast", "fast (custom: epochs 5, training set
+    5,000)", or the architecture for settings made by hand. Runs, Results and Compare show it."""
+    from fmnist.training import PRESETS, TrainConfig  # lazy: training imports this module
+
+    preset = config.get("preset")
+    if preset not in PRESETS:
+        return f"custom {config.get('arch', '?')}"
+    reference = TrainConfig(**PRESETS[preset]).to_dict()
+    changes = []
+    for name, short in _LABEL_FIELDS.items():
+        value, ref = config.get(name, reference[name]), reference[name]
+        if name == "widths" and value is None:
+            continue
+        if isinstance(value, (list, tuple)) or isinstance(ref, (list, tuple)):
+            if list(value or []) != list(ref or []):
+                changes.append(f"{short} {','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}")
+        elif value != ref:
+            text = "all" if value is None else f"{value:,}" if isinstance(value, int) and not isinstance(
+                value, bool) else f"{value:g}" if isinstance(value, float) else str(value).lower()
+            changes.append(f"{short} {text}")
+    return f"{preset} (custom: {', '.join(changes)})" if changes else preset
 
 
 def runs_root(root: str | os.PathLike | None = None) -> Path:
@@ -301,25 +333,11 @@ def checked_run(path: str | os.PathLike) -> RunInfo:
     return info
 
 
-def load_model(path: str | os.PathLike):
-    """Rebuild a run's model from our own architecture code and load only its weights.
-
-    The Keras config inside model.keras is never deserialised, so a planted file cannot run code.
-    """
-    from fmnist.training import TrainConfig
-    from fmnist.models import build_model
-
-    info = checked_run(path)
-    try:
-        config = TrainConfig.from_dict(info.config)
-    except (TypeError, ValueError) as exc:
-        raise RunError(f"refusing to load {path}: config.json is not a valid training config ({exc})") from exc
-    model = build_model(config.arch, widths=config.widths, dropout=config.dropout)
-    try:
-        model.load_weights(Path(path) / "model.keras")
-    except Exception as exc:  # h5/zip errors have many types; all mean the weights don't fit
-        raise RunError(f"refusing to load {path}: weights do not match the architecture ({exc})") from exc
-    return model
+def resolve_checked_run(ref: str | os.PathLike | None = None, root: str | os.PathLike | None = None) -> Path:
+    """resolve_run, then checked_run: the path of a usable, untampered run, or RunError saying why not."""
+    path = resolve_run(ref, root)
+    checked_run(path)
+    return path
 
 
 def load_history(path: str | os.PathLike) -> dict:
@@ -352,30 +370,6 @@ def verify_bundle(folder: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         return f"{folder.name}: no valid {BUNDLE_MANIFEST} ({type(exc).__name__})"
     return "ok"
-
-
-def verified_file(run_dir: str | os.PathLike, rel: str) -> Path:
-    """Path of a file inside a run after checking its sha256 against the manifest that covers it."""
-    run_dir = Path(run_dir)
-    parts = Path(rel).parts
-    if ".." in parts or Path(rel).is_absolute():
-        raise RunError(f"invalid file name {rel!r}")
-    if parts[0] in BUNDLES:
-        folder, inner = run_dir / parts[0], Path(*parts[1:]).as_posix()
-        manifest_path = folder / BUNDLE_MANIFEST
-    else:
-        folder, inner, manifest_path = run_dir, rel, run_dir / MANIFEST
-    try:
-        entry = read_json(manifest_path)["files"][inner]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RunError(f"{rel} is not listed in the run's manifest ({type(exc).__name__}); "
-                       "export it again") from exc
-    target = folder / inner
-    if not target.is_file():
-        raise RunError(f"{rel} is missing from {run_dir}")
-    if target.stat().st_size != entry.get("bytes") or sha256_file(target) != entry.get("sha256"):
-        raise RunError(f"refusing to load {rel}: it was modified after it was written (sha256 mismatch)")
-    return target
 
 
 @contextmanager
