@@ -127,6 +127,7 @@ _WRITER_LOOP = textwrap.dedent("""
     import os, sys, numpy as np
     from fmnist.runs import RunWriter, add_files
     root = sys.argv[1]
+    print("writing", flush=True)  # imports done: from here on the process only writes runs
     for i in range(10_000):
         w = RunWriter(root, f"run-{os.getpid()}-{i}")
         w.write_json("config.json", {"arch": "paper", "i": i})
@@ -137,19 +138,38 @@ _WRITER_LOOP = textwrap.dedent("""
         add_files(run, {"openvino/fp32/model.bin": os.urandom(100_000), "openvino/fp32/model.xml": b"<net/>"})
 """)
 
+# Seconds after the writer reports that it has started writing: from its very first file to
+# several whole runs and IR bundles in (one run plus its bundle takes ~10-40 ms here).
+KILL_OFFSETS_S = (0.0, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.08, 0.12, 0.2, 0.3, 0.5)
 
-def test_runs_killed_at_random_moments_are_complete_or_absent(tmp_path):
-    """SIGKILL a process that keeps saving runs (and adding IR bundles) at random moments:
-    every listed run is complete and verified, and every bundle is either whole or absent."""
-    rng = np.random.default_rng(0)
+
+def test_runs_killed_mid_write_are_complete_or_absent(tmp_path):
+    """SIGKILL a process that keeps saving runs (and adding IR bundles) at fixed offsets after it
+    reports that it has started writing: every listed run is complete and verified, and every
+    bundle is either whole or absent."""
+    import select
+
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    for _ in range(6):
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER_LOOP, str(tmp_path)], env=env)
-        time.sleep(0.4 + rng.uniform(0, 0.6))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    interrupted, staged_before = 0, set()
+    for offset in KILL_OFFSETS_S:
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER_LOOP, str(tmp_path)], env=env,
+                                stdout=subprocess.PIPE)
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            assert ready and proc.stdout.readline() == b"writing\n", "the writer never started writing"
+            time.sleep(offset)
+            assert proc.poll() is None, "the writer exited on its own"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            proc.stdout.close()
+        # a new hidden staging folder left behind = the kill landed inside a run's save
+        staged = {p.name for p in tmp_path.glob(".staging-*")}
+        interrupted += bool(staged - staged_before)
+        staged_before = staged
     infos = list_runs(tmp_path, include_default=False)
-    assert infos, "the writer should have finished at least one run"
+    assert len(infos) >= 5, "the writer should have finished several runs"
+    assert interrupted >= 1, "no kill landed inside a save: the offsets test nothing"
     for info in infos:
         assert info.status == "completed" and info.reason == "", (info.name, info.reason)
         assert info.bundles.get("openvino", "ok") == "ok", (info.name, info.bundles)
