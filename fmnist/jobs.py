@@ -3,8 +3,13 @@
 Each job belongs to a session id, runs in its own child process (multiprocessing "spawn": the
 memory TensorFlow takes is returned when the training ends, a job can be killed, and the web
 server's process stays responsive) and reports its events over a queue. A scheduler thread
-drains the events into the job, starts the next queued job when the current one ends, and stops
-jobs whose session has gone (a closed tab) after a grace period.
+drains the events into the job and starts the next queued job when the current one ends.
+
+A job is watched by every session attached to it: the one that started it, and any later one that
+names it (a reload, a second tab, a reconnection after a dropped network). Only when none of them
+has been alive for `orphan_grace_s` (default 10 minutes, FMNIST_ORPHAN_GRACE_S) is the job
+orphaned: a queued one is cancelled, a running one stopped gracefully (its best weights are saved
+as a `stopped` run, so nothing trained is lost).
 
 Pages never hold the job's internals: they poll `job.snapshot()`, a plain copy that is safe to
 read from any thread. Nothing here imports Streamlit; the app passes a session-liveness check.
@@ -22,16 +27,21 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import shutil
+import sys
 import threading
+import types
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 ACTIVE = ("queued", "starting", "running")
 TERMINAL = ("completed", "stopped", "failed", "cancelled")
 MAX_BATCH_POINTS = 1500  # per-batch points kept for live charts (older points are thinned)
+ORPHAN_GRACE_S = 600.0  # a job nobody has watched for this long may be stopped (see the module doc)
+STATUS_COMPILING = "compiling the model (the first batch takes a few seconds)"
 
 
 def _child_main(config_dict: dict, runs_root: str | None, data_dir: str | None, run_name: str,
@@ -47,9 +57,13 @@ def _child_main(config_dict: dict, runs_root: str | None, data_dir: str | None, 
     except (OSError, ValueError, AttributeError):
         pass
     try:
-        from fmnist.training import TrainConfig, train
+        from fmnist.training import TrainConfig, import_tensorflow_quietly, train
 
         config = TrainConfig.from_dict(config_dict)
+        events.put({"kind": "status", "message": "loading TensorFlow"})
+        # TensorFlow's C++ start-up notices (oneDNN, "failed call to cuInit") went to the server's
+        # terminal on every training; they are noise there, so they are silenced at the import
+        import_tensorflow_quietly()
         train(config, dataset, data_dir=data_dir, listeners=[events.put], stop_event=stop_event,
               runs_root=runs_root, run_name=run_name, export=export)
     except BaseException as exc:  # report anything, including an import failure, as a failed job
@@ -85,6 +99,8 @@ class Job:
     started: float | None = None
     ended: float | None = None
     stop_requested: bool = False
+    stop_requested_at: float | None = None
+    sessions: set = field(default_factory=set)  # every session attached (starter, reloads, tabs)
     session_gone_since: float | None = None
     _stride: int = 1
     _seen_batches: int = 0
@@ -108,7 +124,8 @@ class Job:
                 "start": dict(self.start_info), "epochs": [dict(e) for e in self.epochs],
                 "batches": list(self.batches), "last_batch": dict(self.last_batch),
                 "created": self.created, "started": self.started, "ended": self.ended,
-                "stop_requested": self.stop_requested,
+                "stop_requested": self.stop_requested, "stop_requested_at": self.stop_requested_at,
+                "sessions": sorted(self.sessions),
             }
         snap["queue_position"] = self._manager.queue_position(self.id) if self._manager else 0
         snap["active"] = snap["status"] in ACTIVE
@@ -130,7 +147,7 @@ class Job:
             elif kind == "start":
                 self.status = "running"
                 self.start_info = {k: v for k, v in event.items() if k != "kind"}
-                self.status_message = "training"
+                self.status_message = STATUS_COMPILING
             elif kind == "epoch":
                 self.epochs.append({k: v for k, v in event.items() if k != "kind"})
             elif kind == "status":
@@ -150,7 +167,7 @@ class JobManager:
     tests); stop works the same way, but a thread cannot be killed.
     """
 
-    def __init__(self, max_running: int = 1, use_process: bool = True, orphan_grace_s: float = 45.0,
+    def __init__(self, max_running: int = 1, use_process: bool = True, orphan_grace_s: float = ORPHAN_GRACE_S,
                  poll_s: float = 0.1, export: bool = True):
         self.max_running = max_running
         self.export = export
@@ -170,7 +187,8 @@ class JobManager:
 
     # -- public API ----------------------------------------------------------------------------
     def set_session_checker(self, alive: Callable[[str], bool] | None) -> None:
-        """`alive(session_id) -> bool`; jobs of sessions gone for orphan_grace_s are stopped."""
+        """`alive(session_id) -> bool`; jobs none of whose sessions has been alive for
+        orphan_grace_s are stopped."""
         self._session_alive = alive
 
     def submit(self, config, session_id: str, runs_root: str | os.PathLike | None = None,
@@ -186,7 +204,8 @@ class JobManager:
         job = Job(id=f"job{next(self._counter)}-{uuid.uuid4().hex[:8]}", session_id=session_id,
                   config=config.to_dict(), runs_root=str(runs_root) if runs_root else None,
                   data_dir=str(data_dir) if data_dir else None, run_name=new_run_name(config.params_key),
-                  dataset=dataset, export=self.export if export is None else bool(export), _manager=self)
+                  dataset=dataset, export=self.export if export is None else bool(export), sessions={session_id},
+                  _manager=self)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the job manager is shut down")
@@ -201,20 +220,29 @@ class JobManager:
 
     def jobs_for(self, session_id: str) -> list[Job]:
         with self._lock:
-            return [self._jobs[j] for j in self._order if self._jobs[j].session_id == session_id]
+            return [self._jobs[j] for j in self._order if session_id in self._jobs[j].sessions]
 
     def active_jobs(self) -> list[Job]:
         with self._lock:
             return [self._jobs[j] for j in self._order if self._jobs[j].status in ACTIVE]
 
-    def adopt(self, job_id: str, session_id: str) -> Job | None:
-        """Hand an active job to a new session (the same user after a page reload)."""
+    def attach(self, job_id: str, session_id: str) -> Job | None:
+        """Add a session to the job's watchers (a reload, a second tab, a reconnection): the job
+        is orphaned only when every watcher has gone. Any job, active or ended, can be found again."""
         job = self.get(job_id)
-        if job is None or job.status not in ACTIVE:
-            return job
+        if job is None:
+            return None
         with job._lock:
-            job.session_id = session_id
+            job.sessions.add(session_id)
             job.session_gone_since = None
+        return job
+
+    def adopt(self, job_id: str, session_id: str) -> Job | None:
+        """Attach a session and make it the job's owner (the session a reload opened)."""
+        job = self.attach(job_id, session_id)
+        if job is not None:
+            with job._lock:
+                job.session_id = session_id
         return job
 
     def queue_position(self, job_id: str) -> int:
@@ -235,7 +263,8 @@ class JobManager:
                     return
                 if job.status not in ACTIVE:
                     return
-                job.stop_requested = True
+                if not job.stop_requested:
+                    job.stop_requested, job.stop_requested_at = True, time.time()
                 if job._stop_event is not None:
                     job._stop_event.set()
         self._wake.set()
@@ -319,7 +348,8 @@ class JobManager:
                 nxt._stop_event = stop_event
                 if nxt.stop_requested:
                     stop_event.set()
-                proc.start()
+                with _plain_main():
+                    proc.start()
                 self._running[nxt.id] = {"proc": proc, "events": events}
             else:
                 events, stop_event = queue_mod.Queue(), threading.Event()
@@ -378,8 +408,10 @@ class JobManager:
             return
         now = time.time()
         for job in self.active_jobs():
+            with job._lock:
+                watchers = set(job.sessions) | {job.session_id}
             try:
-                ok = alive(job.session_id)
+                ok = any(alive(sid) for sid in watchers)
             except Exception:
                 ok = True
             with job._lock:
@@ -396,6 +428,29 @@ class JobManager:
                     self.stop(job.id)  # graceful first: best weights are saved as a stopped run
                 elif gone_for >= self.orphan_grace_s + 120:
                     self.kill(job.id)
+
+
+_MAIN_LOCK = threading.Lock()
+
+
+@contextmanager
+def _plain_main() -> Iterator[None]:
+    """Start a spawned child with a bare `__main__`.
+
+    "spawn" re-runs the parent's `__main__` file in the child. Inside `streamlit run` that is the
+    app script itself (Streamlit installs each script run as `__main__`), so every training child
+    ran streamlit_app.py without a server: the terminal filled with "to view a Streamlit app on a
+    browser...", "Session state does not function..." and "missing ScriptRunContext" warnings, and
+    the child paid for the app's imports. The child needs nothing from `__main__`.
+    """
+    with _MAIN_LOCK:
+        saved = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if saved is not None:
+                sys.modules["__main__"] = saved
 
 
 def _thread_main(job: Job, events: queue_mod.Queue, stop_event: threading.Event) -> None:
@@ -426,10 +481,15 @@ _MANAGER_LOCK = threading.Lock()
 
 def get_manager() -> JobManager:
     """The process-wide manager (one queue per server). FMNIST_JOBS_INPROCESS=1 uses threads;
+    FMNIST_ORPHAN_GRACE_S sets how long an unwatched job waits before it is stopped;
     FMNIST_JOBS_EXPORT=0 skips the OpenVINO export of finished runs (quicker tests)."""
     global _MANAGER
     with _MANAGER_LOCK:
         if _MANAGER is None:
+            try:
+                grace = float(os.environ.get("FMNIST_ORPHAN_GRACE_S", ORPHAN_GRACE_S))
+            except ValueError:
+                grace = ORPHAN_GRACE_S
             _MANAGER = JobManager(use_process=os.environ.get("FMNIST_JOBS_INPROCESS") != "1",
-                                  export=os.environ.get("FMNIST_JOBS_EXPORT", "1") != "0")
+                                  export=os.environ.get("FMNIST_JOBS_EXPORT", "1") != "0", orphan_grace_s=grace)
         return _MANAGER

@@ -160,25 +160,54 @@ def job_manager():
 
 
 def current_job():
-    """This session's latest job (adopting one named in the URL after a page reload)."""
+    """This session's latest job. The job id lives in the URL (`?job=`) of every page, so a reload,
+    a second tab opened from that URL or a reconnection finds the job again and watches it."""
     manager = job_manager()
     sid = session_id()
     wanted = st.query_params.get("job")
     if wanted and st.session_state.get("job_id") != wanted:
-        job = manager.get(wanted)
-        if job is not None:
-            manager.adopt(wanted, sid)
+        if manager.get(wanted) is not None:
             st.session_state["job_id"] = wanted
+        else:  # an old link (the server restarted): nothing to find
+            del st.query_params["job"]
     job = manager.get(st.session_state.get("job_id"))
-    if job is not None and job.session_id != sid and job.snapshot()["active"]:
-        manager.adopt(job.id, sid)
+    if job is None:
+        return None
+    manager.attach(job.id, sid)
+    if st.query_params.get("job") != job.id:
+        st.query_params["job"] = job.id  # page switches drop query parameters: put it back
+    if job.snapshot()["active"]:
+        st.session_state["job_seen_active"] = job.id
     return job
+
+
+def select_finished_run(job) -> None:
+    """Make a job's saved run the sidebar's current run, once, when this session saw it train
+    (so that Results, Classify and Compare open the new model, as the Train page says)."""
+    snap = job.snapshot()
+    if (snap["status"] in ("completed", "stopped") and snap["run_dir"]
+            and st.session_state.get("job_seen_active") == job.id
+            and st.session_state.get("job_run_selected") != job.id):
+        st.session_state[RUN_KEY] = Path(snap["run_dir"]).name
+        st.session_state["job_run_selected"] = job.id
+
+
+def _remember_in_url(key: str, value: str | None) -> None:
+    """Keep the sidebar's choice in the URL so that a reload restores it."""
+    if value and st.query_params.get(key) != value:
+        st.query_params[key] = value
 
 
 # ---- the sidebar -----------------------------------------------------------------------------
 
 def sidebar() -> None:
     """Current run and backend, shared by every page, and this session's training status."""
+    job = current_job()
+    if job is not None:
+        select_finished_run(job)
+    for key, param in ((RUN_KEY, "run"), (BACKEND_KEY, "backend")):
+        if key not in st.session_state and st.query_params.get(param):
+            st.session_state[key] = st.query_params[param]  # a reload: restore the sidebar
     runs = usable_runs()
     with st.sidebar:
         st.markdown("### Model")
@@ -199,7 +228,8 @@ def sidebar() -> None:
         st.selectbox("Backend", list(BACKENDS), key=BACKEND_KEY, format_func=lambda b: BACKEND_LABELS.get(b, b),
                      on_change=_on_backend_change,
                      help="Which inference engine Classify uses. Compare measures them side by side.")
-        job = current_job()
+        _remember_in_url("run", st.session_state.get(RUN_KEY))
+        _remember_in_url("backend", st.session_state.get(BACKEND_KEY))
         if job is not None:
             _sidebar_job(job.id, job.snapshot()["active"])
 
