@@ -32,6 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fmnist import openvino_ir
+from fmnist.keras_backend import KerasBackend
+from fmnist.openvino_ir import IR_FILES, OV_DIR, read_export_info
+# BackendError and as_batch are fmnist.predictor's; callers also import them from here.
+from fmnist.predictor import BackendError, as_batch  # noqa: F401
+from fmnist.runs import BUNDLE_MANIFEST, MANIFEST, RunError, checked_run, read_json
+
 BACKENDS = ("keras", "openvino-fp32", "openvino-int8")
 OPTIONAL_BACKENDS = ("openvino-bf16",)  # where the CPU supports bf16; not offered by default
 SMALL_BATCH = 16  # up to this many images: the latency path; more: the throughput path
@@ -44,78 +51,7 @@ _LATENCY_STREAMS = max(1, min(_CORES, 8))  # latency path: one single-threaded s
 SMALL_MODEL_MACS = 12_000_000  # ...for models below this many multiply-adds per image (measured)
 
 
-class BackendError(Exception):
-    """A backend cannot be created for this run (missing export, tampered file, unknown name)."""
-
-
-def as_batch(images: np.ndarray) -> np.ndarray:
-    x = np.asarray(images, dtype=np.float32)
-    if x.ndim == 2:
-        x = x[None]
-    if x.shape[-1] != 1:
-        x = x[..., None]
-    if x.shape[1:] != (28, 28, 1):
-        raise ValueError(f"expected images of shape (N, 28, 28), got {np.shape(images)}")
-    return x
-
-
-class KerasBackend:
-    """The Keras model rebuilt from the run's config; `model(x)` for small batches, predict for large."""
-
-    name = "keras"
-    precision = "fp32"
-    device = "CPU"
-    tta_flip = False
-
-    def __init__(self, run_dir: str | Path):
-        from fmnist.runs import load_model
-
-        self.run_dir = Path(run_dir)
-        self.model = load_model(run_dir)
-        self.source_files = ("model.keras",)
-        self._lock = threading.Lock()  # Keras predict and model(x) are not thread-safe
-
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        x = as_batch(images)
-        if len(x) == 0:
-            return np.zeros((0, 10), np.float32)
-        with self._lock:
-            if len(x) <= 64:
-                return np.asarray(self.model(x, training=False), dtype=np.float32)
-            return np.asarray(self.model.predict(x, batch_size=1000, verbose=0), dtype=np.float32)
-
-    def describe(self) -> dict:
-        return {"name": self.name, "precision": self.precision, "device": self.device, "run": str(self.run_dir)}
-
-
-# ---------------------------------------------------------------------------------------------
-# OpenVINO
-
-
-class _Runtime:
-    """The process's single ov.Core, created on first use."""
-
-    _core = None
-    _lock = threading.Lock()
-
-    @classmethod
-    def core(cls):
-        with cls._lock:
-            if cls._core is None:
-                import openvino as ov
-
-                cls._core = ov.Core()
-            return cls._core
-
-    @classmethod
-    def supports_bf16(cls) -> bool:
-        try:
-            return "BF16" in cls.core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        except Exception:
-            return False
-
-
-def _read_verified(run_dir: Path, rel: str, bundle_files: dict, export_files: dict) -> bytes:
+def _read_checked(run_dir: Path, rel: str, bundle_files: dict, export_files: dict) -> bytes:
     """The bytes of one IR file, after checking them against the bundle manifest and export.json.
 
     The bytes checked are the bytes handed to OpenVINO (no second read of the file).
@@ -139,59 +75,56 @@ def _read_verified(run_dir: Path, rel: str, bundle_files: dict, export_files: di
     return data
 
 
+def read_verified_ir(run_dir: Path, ir: str) -> tuple[bytes, bytes]:
+    """(xml, bin) bytes of a run's "fp32" or "int8" IR after every check: the run itself (config,
+    weights, status), an export for this IR made from the run's current model.keras, and both files'
+    bytes against the bundle manifest and export.json. BackendError saying why and how to fix it."""
+    try:
+        checked_run(run_dir)
+    except RunError as exc:
+        raise BackendError(str(exc)) from exc
+    info = read_export_info(run_dir)
+    if not info or (ir == "int8" and not info.get("int8")):
+        flag = " --int8" if ir == "int8" else ""
+        raise BackendError(f"run {run_dir} has no OpenVINO {ir.upper()} export yet: run "
+                           f"`python -m fmnist export {run_dir}{flag}`")
+    try:
+        manifest_files = read_json(run_dir / MANIFEST).get("files", {})
+        bundle_files = read_json(run_dir / OV_DIR / BUNDLE_MANIFEST).get("files", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise BackendError(f"the OpenVINO export of {run_dir} has no valid {BUNDLE_MANIFEST}: run "
+                           f"`python -m fmnist export {run_dir} --force`") from exc
+    if info.get("source_sha256") != (manifest_files.get("model.keras") or {}).get("sha256"):
+        raise BackendError(f"the OpenVINO export of {run_dir} is older than its model.keras: run "
+                           f"`python -m fmnist export {run_dir} --force`")
+    recorded = info.get("files") or {}
+    xml_rel, bin_rel = IR_FILES[ir]
+    return (_read_checked(run_dir, xml_rel, bundle_files, recorded),
+            _read_checked(run_dir, bin_rel, bundle_files, recorded))
+
+
 class OpenVINOBackend:
-    """An exported IR of a run on the CPU: `precision` fp32, int8 or bf16 (FP32 IR run in bf16)."""
+    """An exported IR of a run on the CPU: `precision` fp32, int8 or bf16 (FP32 IR run in bf16).
+
+    Creating one verifies the IR (read_verified_ir) and reads it into an ov.Model; compiling happens
+    on first use, once per performance hint."""
 
     device = "CPU"
     tta_flip = False
     _IR = {"fp32": "fp32", "int8": "int8", "bf16": "fp32"}
 
     def __init__(self, run_dir: str | Path, precision: str = "fp32", chunk: int = CHUNK):
-        from fmnist import export as fexport
-        from fmnist.runs import BUNDLE_MANIFEST, MANIFEST, RunError, checked_run, read_json
-
         if precision not in self._IR:
             raise BackendError(f"unknown OpenVINO precision {precision!r}; choose fp32, int8 or bf16")
         self.run_dir = Path(run_dir)
         self.precision = precision
         self.name = f"openvino-{precision}"
         self.chunk = int(chunk)
-        if precision == "bf16" and not _Runtime.supports_bf16():
+        if precision == "bf16" and not openvino_ir.supports_bf16():
             raise BackendError("this CPU has no bf16 support: use openvino-fp32 or openvino-int8")
-        try:
-            checked_run(self.run_dir)  # the run itself: config, weights, status (IR is checked below)
-        except RunError as exc:
-            raise BackendError(str(exc)) from exc
-        info = fexport.read_export_info(self.run_dir)
-        ir = self._IR[precision]
-        if not info or (ir == "int8" and not info.get("int8")):
-            flag = " --int8" if ir == "int8" else ""
-            raise BackendError(f"run {self.run_dir} has no OpenVINO {ir.upper()} export yet: run "
-                               f"`python -m fmnist export {self.run_dir}{flag}`")
-        try:
-            manifest_files = read_json(self.run_dir / MANIFEST).get("files", {})
-            bundle_files = read_json(self.run_dir / fexport.OV_DIR / BUNDLE_MANIFEST).get("files", {})
-        except (OSError, ValueError, AttributeError) as exc:
-            raise BackendError(f"the OpenVINO export of {self.run_dir} has no valid {BUNDLE_MANIFEST}: run "
-                               f"`python -m fmnist export {self.run_dir} --force`") from exc
-        if info.get("source_sha256") != (manifest_files.get("model.keras") or {}).get("sha256"):
-            raise BackendError(f"the OpenVINO export of {self.run_dir} is older than its model.keras: run "
-                               f"`python -m fmnist export {self.run_dir} --force`")
-        self.source_files = fexport.IR_FILES[ir]
-        xml_rel, bin_rel = self.source_files
-        recorded = info.get("files") or {}
-        xml = _read_verified(self.run_dir, xml_rel, bundle_files, recorded)
-        weights = _read_verified(self.run_dir, bin_rel, bundle_files, recorded)
-        try:
-            self.model = _Runtime.core().read_model(model=xml, weights=weights)
-        except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line message
-            raise BackendError(f"OpenVINO cannot read {self.run_dir / xml_rel}: "
-                               f"{_first_line(exc)}") from exc
-        shapes = ([str(i.get_partial_shape()) for i in self.model.inputs],
-                  [str(o.get_partial_shape()) for o in self.model.outputs])
-        if shapes != (["[?,28,28,1]"], ["[?,10]"]):
-            raise BackendError(f"{self.run_dir / xml_rel} has inputs {shapes[0]} and outputs {shapes[1]}; "
-                               "expected [?,28,28,1] -> [?,10]")
+        self.source_files = IR_FILES[self._IR[precision]]
+        xml, weights = read_verified_ir(self.run_dir, self._IR[precision])
+        self.model = self._read_model(xml, weights)
         self.macs = model_macs(self.model)
         self._compile_lock = threading.Lock()
         self._batch_lock = threading.Lock()
@@ -199,6 +132,20 @@ class OpenVINOBackend:
         self._throughput = None
         self._queue = None
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
+
+    def _read_model(self, xml: bytes, weights: bytes):
+        """The ov.Model from verified bytes, refused unless it maps (N, 28, 28, 1) pixels to (N, 10)."""
+        xml_rel = self.source_files[0]
+        try:
+            model = openvino_ir.core().read_model(model=xml, weights=weights)
+        except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line message
+            raise BackendError(f"OpenVINO cannot read {self.run_dir / xml_rel}: {_first_line(exc)}") from exc
+        shapes = ([str(i.get_partial_shape()) for i in model.inputs],
+                  [str(o.get_partial_shape()) for o in model.outputs])
+        if shapes != (["[?,28,28,1]"], ["[?,10]"]):
+            raise BackendError(f"{self.run_dir / xml_rel} has inputs {shapes[0]} and outputs {shapes[1]}; "
+                               "expected [?,28,28,1] -> [?,10]")
+        return model
 
     # -- compiled models (built on first use) --
     def _config(self, hint: str) -> dict:
@@ -215,7 +162,7 @@ class OpenVINOBackend:
 
     def _compile(self, hint: str):
         try:
-            return _Runtime.core().compile_model(self.model, "CPU", self._config(hint))
+            return openvino_ir.core().compile_model(self.model, "CPU", self._config(hint))
         except Exception as exc:
             raise BackendError(f"OpenVINO cannot compile {self.name} for {self.run_dir}: {_first_line(exc)}") from exc
 
@@ -330,8 +277,6 @@ def _create(run_dir: Path, name: str):
 
         return KerasProcessBackend(run_dir)
     if name == "keras":
-        from fmnist.runs import RunError
-
         try:
             return KerasBackend(run_dir)
         except RunError as exc:
@@ -355,8 +300,6 @@ class BackendRegistry:
 
     @staticmethod
     def _fingerprint(run_dir: Path, files) -> tuple:
-        from fmnist.runs import MANIFEST
-
         try:
             parts = [hashlib.sha256((run_dir / MANIFEST).read_bytes()).hexdigest()]
             for rel in files:
@@ -427,8 +370,6 @@ class FlipAveraged:
 
 def run_uses_tta(run_dir: str | Path) -> bool:
     """Whether the run's config asks for flip averaging at test time."""
-    from fmnist.runs import read_json
-
     try:
         config = read_json(Path(run_dir) / "config.json")
     except (OSError, ValueError):
@@ -459,14 +400,12 @@ def backend_status(run_dir: str | Path) -> dict[str, str]:
 
     Checks only what the export recorded; get_backend still verifies every byte before loading.
     """
-    from fmnist import export as fexport
-
     run_dir = Path(run_dir)
-    info = fexport.read_export_info(run_dir)
+    info = read_export_info(run_dir)
     status = {"keras": ""}
     hint = f"not exported: run `python -m fmnist export {run_dir}`"
     status["openvino-fp32"] = "" if info else hint
     status["openvino-int8"] = "" if info and info.get("int8") else hint
-    if _Runtime.supports_bf16():
+    if openvino_ir.supports_bf16():
         status["openvino-bf16"] = status["openvino-fp32"]
     return status

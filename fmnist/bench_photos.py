@@ -1,7 +1,7 @@
 """`python -m fmnist bench photos DIR`: accuracy on a folder of real photos, `<label>_<name>/*.jpg`,
 for a plain grey resize, resize-and-invert, and the project's pipeline (fmnist.preprocess).
 
-Extra techniques can be measured with --methods (recipe-only, flood, clusters); docs/photos.md lists them.
+`--methods recipe-only` also measures the recipe without background separation (docs/photos.md).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ METHODS = {
     "invert": "grey resize to 28x28, inverted",
     "pipeline": "fmnist.preprocess.prepare_photo (recipe + background separation)",
     "recipe-only": "the Fashion-MNIST recipe without background separation",
-    "flood": "recipe + border-connected flood of border colours",
-    "clusters": "recipe + colour clusters over-represented in the border",
 }
 DEFAULT_METHODS = ("resize", "invert", "pipeline")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
@@ -63,15 +61,15 @@ def method_input(method: str, img) -> np.ndarray:
 
     if method in ("resize", "invert"):
         return naive_input(img, method == "invert")
-    segmenter = {"pipeline": "models", "recipe-only": None, "flood": "flood", "clusters": "clusters"}[method]
-    return pp.prepare_photo(img, segmenter=segmenter).input
+    return pp.prepare_photo(img, separate=method == "pipeline").input
 
 
 def run(args) -> int:
     from fmnist.backends import BackendError, get_backend
-    from fmnist.cli import CLIError, _run_or_error
+    from fmnist.console import CLIError
     from fmnist.data import CLASS_NAMES
     from fmnist.images import ImageError, open_image
+    from fmnist.runs import RunError, resolve_checked_run
 
     folder = Path(args.folder)
     if not folder.is_dir():
@@ -83,10 +81,10 @@ def run(args) -> int:
     photos = list_photos(folder, args.limit)
     if not photos:
         raise CLIError(f"no images in <label>_<name>/ subfolders of {folder}")
-    run_dir = _run_or_error(args.run, args.runs_dir)
     try:
+        run_dir = resolve_checked_run(args.run, args.runs_dir)
         backend = get_backend(run_dir, args.backend)
-    except BackendError as exc:
+    except (RunError, BackendError) as exc:
         raise CLIError(str(exc))
 
     inputs = {m: [] for m in methods}

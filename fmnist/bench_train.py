@@ -44,20 +44,10 @@ def compare_throughput(config, x: np.ndarray, y: np.ndarray, rounds: int = 2) ->
     """
     import keras
 
-    from fmnist.models import build_model
-    from fmnist.training import _make_optimizer, make_train_dataset
+    from fmnist.training import compile_model, make_train_dataset
 
     steps = int(np.ceil(len(x) / config.batch_size))
-
-    def compiled():
-        keras.utils.set_random_seed(config.seed)
-        model = build_model(config.arch, widths=config.widths, dropout=config.dropout, precision=config.precision)
-        model.compile(optimizer=_make_optimizer(config, steps),
-                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                      metrics=["accuracy"])
-        return model
-
-    ours, plain = compiled(), compiled()
+    ours, plain = compile_model(config, steps), compile_model(config, steps)
     dataset = make_train_dataset(x, y, config)
     xf = x[..., None].astype(np.float32)
     yf = keras.utils.to_categorical(y, 10).astype(np.float32)
@@ -137,7 +127,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from fmnist.cli import CLIError, ProgressBar
+    from fmnist.console import CLIError, ProgressBar
     from fmnist.data import DataError, load_fashion_mnist
     from fmnist.training import PRESETS
 

@@ -64,7 +64,7 @@ class Splits:
 def _fix_hint() -> str:
     return (
         f"Put the four official files ({', '.join(ALL_FILE_NAMES)}; gzip or raw) in one folder and "
-        f"set {ENV_VAR} to it (e.g. `export {ENV_VAR}=../shared/data/fashion-mnist`), or pass "
+        f"set {ENV_VAR} to it (e.g. `export {ENV_VAR}=/path/to/fashion-mnist`), or pass "
         "--data-dir."
     )
 

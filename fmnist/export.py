@@ -42,16 +42,11 @@ from typing import Callable
 
 import numpy as np
 
-EXPORT_FORMAT = "fmnist-openvino/1"
-OV_DIR = "openvino"
-EXPORT_JSON = f"{OV_DIR}/export.json"
-IR_FILES = {
-    "fp32": (f"{OV_DIR}/fp32/model.xml", f"{OV_DIR}/fp32/model.bin"),
-    "int8": (f"{OV_DIR}/int8/model.xml", f"{OV_DIR}/int8/model.bin"),
-    "ovms": (f"{OV_DIR}/ovms/fmnist/1/model.xml", f"{OV_DIR}/ovms/fmnist/1/model.bin"),
-}
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "probabilities"
+from fmnist import openvino_ir
+from fmnist.openvino_ir import (EXPORT_FORMAT, EXPORT_JSON, INPUT_NAME, IR_FILES, OUTPUT_NAME, OV_DIR,
+                                read_export_info)
+from fmnist.runs import BUNDLE_MANIFEST, MANIFEST, RunError, add_files, checked_run, read_json, verify_bundle
+
 MIN_CALIBRATION = 300
 CALIBRATION_SIZE = 1000
 CALIBRATION_SEED = 0
@@ -67,27 +62,13 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_export_info(run_dir: str | Path) -> dict | None:
-    """export.json of a run as a dict, or None when the run has not been exported (or it is unreadable)."""
-    path = Path(run_dir) / EXPORT_JSON
-    try:
-        info = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return info if isinstance(info, dict) and info.get("format") == EXPORT_FORMAT else None
-
-
 def _source_sha(run_dir: Path) -> str:
-    from fmnist.runs import MANIFEST, read_json
-
     entry = read_json(run_dir / MANIFEST)["files"].get("model.keras") or {}
     return str(entry.get("sha256", ""))
 
 
 def _bundle_files(run_dir: Path) -> dict:
     """{path inside openvino/: {sha256, bytes}} from the bundle's own manifest ({} when absent)."""
-    from fmnist.runs import BUNDLE_MANIFEST, read_json
-
     try:
         files = read_json(run_dir / OV_DIR / BUNDLE_MANIFEST)["files"]
         return files if isinstance(files, dict) else {}
@@ -102,7 +83,6 @@ def is_exported(run_dir: str | Path, int8: bool = True) -> bool:
     manifest, so a tampered or truncated export is not "up to date" and gets rewritten.
     """
     import openvino as ov
-    from fmnist.runs import verify_bundle
 
     run_dir = Path(run_dir)
     info = read_export_info(run_dir)
@@ -212,7 +192,8 @@ def export_run(run_dir: str | Path, calibration_images: np.ndarray | None = None
     Raises ExportError (or fmnist.runs.RunError for a broken run).
     """
     import openvino as ov
-    from fmnist.runs import RunError, add_files, checked_run, load_model, verify_bundle
+
+    from fmnist.keras_backend import load_model
 
     say = progress or (lambda message: None)
     run_dir = Path(run_dir)
@@ -231,9 +212,7 @@ def export_run(run_dir: str | Path, calibration_images: np.ndarray | None = None
 
     say("converting to OpenVINO (FP32)")
     ov_model = convert_keras_model(model)
-    from fmnist.backends import _Runtime
-
-    core = _Runtime.core()  # the process's one ov.Core
+    core = openvino_ir.core()
     # Parity check on training images: the IR must reproduce Keras before it is written.
     parity_x = (calibration[:PARITY_IMAGES] if calibration is not None else
                 np.random.default_rng(CALIBRATION_SEED).integers(0, 256, (PARITY_IMAGES, 28, 28, 1))
@@ -311,7 +290,7 @@ def add_cli(subparsers, cli_error) -> None:
     p.add_argument("--runs-dir")
 
     def run(args) -> int:
-        from fmnist.runs import RunError, resolve_run
+        from fmnist.runs import resolve_run
 
         try:
             run_dir = resolve_run(args.run, args.runs_dir)

@@ -10,6 +10,7 @@ with a message a person can act on.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -128,7 +129,7 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS):
                              f"{max_pixels / 1e6:.0f} megapixels.")
         except UnidentifiedImageError:
             raise ImageError(f"The file starts like a {fmt} image but cannot be read as one; it may be damaged.")
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct_error()) as exc:
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:
             detail = str(exc).split("\n")[0][:120]
             if "truncated" in detail.lower():
                 raise ImageError(f"The {fmt} file is truncated (incomplete download?); upload it again.")
@@ -136,10 +137,3 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS):
         except MemoryError:
             raise ImageError("The image is too large to decode.")
     return img
-
-
-def struct_error() -> type:
-    """struct.error (raised by some Pillow plugins on malformed headers)."""
-    import struct
-
-    return struct.error

@@ -8,7 +8,7 @@ to one worker process that holds every Keras model the app has asked for.
     backend = KerasProcessBackend(run_dir)    # same interface as backends.KerasBackend
     backend.predict_proba(images)             # (N, 10), computed in the worker
 
-The worker loads runs with `fmnist.backends.KerasBackend` (manifest verified, model rebuilt from our
+The worker loads runs with `fmnist.keras_backend.KerasBackend` (manifest verified, model rebuilt from our
 own code), answers one request at a time, reloads a run whose manifest changed, keeps at most
 MAX_MODELS, and exits with its parent. Errors come back as one-line BackendError messages.
 """
@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fmnist.predictor import BackendError, as_batch
+from fmnist.runs import MANIFEST, RunError, checked_run
+
 MAX_MODELS = 4
 START_TIMEOUT_S = 180.0  # importing TensorFlow on a busy 2-core machine
 
 
 def _manifest_token(run_dir: Path) -> str:
-    from fmnist.runs import MANIFEST
-
     try:
         return hashlib.sha256((run_dir / MANIFEST).read_bytes()).hexdigest()
     except OSError:
@@ -40,8 +41,7 @@ def _worker_main(conn) -> None:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from fmnist.backends import BackendError, KerasBackend
-    from fmnist.runs import RunError
+    from fmnist.keras_backend import KerasBackend
 
     models: dict[str, tuple[str, KerasBackend]] = {}
     conn.send("ready")
@@ -76,8 +76,6 @@ class _Worker:
 
     @classmethod
     def request(cls, run_dir: Path, images: np.ndarray) -> np.ndarray:
-        from fmnist.backends import BackendError
-
         with cls._lock:  # one request at a time: Keras is not thread-safe, the pipe is not either
             if cls._proc is None or not cls._proc.is_alive():
                 cls._start()
@@ -93,8 +91,6 @@ class _Worker:
 
     @classmethod
     def _start(cls) -> None:
-        from fmnist.backends import BackendError
-
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker_main, args=(child,), name="fmnist-keras", daemon=True)
@@ -124,7 +120,7 @@ class _Worker:
 
 
 class KerasProcessBackend:
-    """backends.KerasBackend's interface, answered by the worker process."""
+    """keras_backend.KerasBackend's interface, answered by the worker process."""
 
     name = "keras"
     precision = "fp32"
@@ -133,9 +129,6 @@ class KerasProcessBackend:
     source_files = ("model.keras",)
 
     def __init__(self, run_dir: str | Path):
-        from fmnist.backends import BackendError
-        from fmnist.runs import RunError, checked_run
-
         self.run_dir = Path(run_dir)
         try:
             checked_run(self.run_dir)  # refuse a tampered run here, before any bytes travel
@@ -143,8 +136,6 @@ class KerasProcessBackend:
             raise BackendError(str(exc)) from exc
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        from fmnist.backends import as_batch
-
         x = as_batch(images)
         if len(x) == 0:
             return np.zeros((0, 10), np.float32)

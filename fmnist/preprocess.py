@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from fmnist.images import ImageError, open_image
 
@@ -71,17 +72,6 @@ def resize_array(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(to_uint8(arr)).resize(size, Image.Resampling.LANCZOS))
 
 
-def box_blur(arr: np.ndarray, radius: int) -> np.ndarray:
-    """Mean over a (2r+1)^2 window with edge replication, on a float 2-D array."""
-    if radius < 1:
-        return arr.astype(np.float32)
-    p = np.pad(arr.astype(np.float64), radius + 1, mode="edge")
-    c = p.cumsum(0).cumsum(1)
-    k = 2 * radius + 1
-    s = c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
-    return (s[: arr.shape[0], : arr.shape[1]] / (k * k)).astype(np.float32)
-
-
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """CIE L*a*b* (D65) of a uint8 sRGB array: distances in it follow perceived colour differences."""
     c = np.asarray(rgb, dtype=np.float32) / 255.0
@@ -119,41 +109,18 @@ def nearest_distance(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return np.sqrt(d.min(-1))
 
 
-def largest_component(mask: np.ndarray, prefer_centre: bool = True) -> np.ndarray:
-    """The largest 4-connected component of a boolean mask (weighted towards the image centre)."""
-    if not mask.any():
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected component of a boolean mask, each pixel weighted towards the image
+    centre (1 at the centre, 0.5 at the border) so that a large item beats a large background patch."""
+    labels, count = ndimage.label(mask)  # the default structure connects the 4 neighbours
+    if not count:
         return mask
     h, w = mask.shape
-    labels = np.where(mask, np.arange(1, mask.size + 1).reshape(h, w), 0)
-    while True:  # propagate the largest label id through each component until nothing changes
-        p = np.pad(labels, 1)
-        grown = np.maximum.reduce([labels, p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]])
-        grown = np.where(mask, grown, 0)
-        if np.array_equal(grown, labels):
-            break
-        labels = grown
-    ids, inverse = np.unique(labels, return_inverse=True)
-    inverse = inverse.reshape(h, w)
-    weight = np.ones((h, w), np.float32)
-    if prefer_centre:
-        yy, xx = np.mgrid[0:h, 0:w]
-        weight = 1.0 - 0.5 * np.maximum(np.abs(yy / (h - 1 or 1) - 0.5), np.abs(xx / (w - 1 or 1) - 0.5))
-    scores = np.bincount(inverse.ravel(), weights=weight.ravel())
-    scores[ids == 0] = -1
-    return inverse == int(scores.argmax())
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """The mask with every region of background not connected to the image border filled in."""
-    outside = np.zeros_like(mask)
-    outside[0], outside[-1], outside[:, 0], outside[:, -1] = ~mask[0], ~mask[-1], ~mask[:, 0], ~mask[:, -1]
-    free = ~mask
-    while True:
-        p = np.pad(outside, 1)
-        grown = (outside | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]) & free
-        if np.array_equal(grown, outside):
-            return ~outside
-        outside = grown
+    yy, xx = np.mgrid[0:h, 0:w]
+    weight = 1.0 - 0.5 * np.maximum(np.abs(yy / (h - 1 or 1) - 0.5), np.abs(xx / (w - 1 or 1) - 0.5))
+    scores = np.bincount(labels.ravel(), weights=weight.ravel())
+    scores[0] = -1  # not the background
+    return labels == int(scores.argmax())
 
 
 def border_band(shape: tuple[int, int], width: int) -> np.ndarray:
@@ -326,47 +293,15 @@ def segment_item(rgb: np.ndarray, rounds: int = 2, k: int = 5) -> np.ndarray:
             break
         d_bg = nearest_distance(lab, kmeans(bg_pts, k))
         d_fg = nearest_distance(lab, kmeans(fg_pts, k))
-        score = box_blur(d_bg - d_fg, max(1, round(0.015 * max(h, w))))
-        new = fill_holes(largest_component(score > 0))
+        size = 2 * max(1, round(0.015 * max(h, w))) + 1
+        score = ndimage.uniform_filter((d_bg - d_fg).astype(np.float64), size, mode="nearest").astype(np.float32)
+        new = ndimage.binary_fill_holes(largest_component(score > 0))
         if new.sum() < 0.01 * h * w:
             break
         mask = new
         bg_seed = ~mask
         fg_seed = mask & (score > np.percentile(score[mask], 25))
     return mask
-
-
-def mask_border_flood(rgb: np.ndarray, tolerance: float = 12.0, k: int = 4) -> np.ndarray:
-    """Alternative (measured, not used): background = pixels within `tolerance` (Lab) of one of the
-    border's dominant colours and connected to the border; the item is the rest."""
-    lab = rgb_to_lab(rgb)
-    band = border_band(rgb.shape[:2], max(2, round(0.03 * max(rgb.shape[:2]))))
-    near = nearest_distance(lab, kmeans(lab[band], k)) <= tolerance
-    outside = band & near
-    while True:
-        p = np.pad(outside, 1)
-        grown = (outside | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]) & near
-        if np.array_equal(grown, outside):
-            break
-        outside = grown
-    return fill_holes(largest_component(~outside))
-
-
-def mask_colour_clusters(rgb: np.ndarray, k: int = 8) -> np.ndarray:
-    """Alternative (measured, not used): k-means colour clusters; a cluster over-represented in the
-    border band is background; the item is the largest central component of the rest."""
-    h, w = rgb.shape[:2]
-    lab = rgb_to_lab(rgb)
-    band = border_band((h, w), max(2, round(0.05 * max(h, w))))
-    centres = kmeans(lab.reshape(-1, 3)[np.random.default_rng(0).permutation(h * w)[:4000]], k)
-    labels = ((lab[..., None, :] - centres) ** 2).sum(-1).argmin(-1)
-    share_band = np.bincount(labels[band], minlength=len(centres)) / band.sum()
-    share_all = np.bincount(labels.ravel(), minlength=len(centres)) / labels.size
-    background = share_band > 1.2 * share_all
-    return fill_holes(largest_component(~background[labels]))
-
-
-SEGMENTERS = {"models": segment_item, "flood": mask_border_flood, "clusters": mask_colour_clusters}
 
 
 def mask_looks_like_one_item(mask: np.ndarray) -> bool:
@@ -408,11 +343,11 @@ def recipe(rgb: np.ndarray, background: np.ndarray, steps: list | None = None, f
     return out
 
 
-def prepare_photo(image, *, segmenter: str | None = "models") -> Prepared:
+def prepare_photo(image, *, separate: bool = True) -> Prepared:
     """A photo (Pillow image, any mode) as a model input, with steps, decisions and warnings.
 
     Plain backgrounds go straight through the dataset's recipe (inverted first when the background is
-    dark). Other backgrounds are separated by `segmenter` ("models"; None turns separation off) and the
+    dark). Other backgrounds are separated (`segment_item`; separate=False turns that off) and the
     item is put on white before the recipe."""
     reduced = reduce_large(image)
     rgb, had_alpha = composite_on_white(reduced)
@@ -423,7 +358,7 @@ def prepare_photo(image, *, segmenter: str | None = "models") -> Prepared:
     decisions: dict = {"transparency_on_white": had_alpha, "background_colour": [round(float(v)) for v in corner],
                        "plain_background_share": round(plainness, 3)}
     warnings: list[str] = []
-    plain = plainness >= PLAIN_BORDER_SHARE or segmenter is None
+    plain = plainness >= PLAIN_BORDER_SHARE or not separate
     decisions["plain_background"] = plainness >= PLAIN_BORDER_SHARE
     inverted = False
     if plain:
@@ -435,7 +370,7 @@ def prepare_photo(image, *, segmenter: str | None = "models") -> Prepared:
         mask = colour_distance(work, corner) > TRIM_TOLERANCE
         contrast = item_contrast(work, mask)
     else:
-        mask = SEGMENTERS[segmenter](work)
+        mask = segment_item(work)
         steps.append(("item mask", to_uint8(mask * 255.0)))
         contrast = item_contrast(work, mask)
         if not mask_looks_like_one_item(mask):

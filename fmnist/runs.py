@@ -81,7 +81,7 @@ _LABEL_FIELDS = {"arch": "architecture", "widths": "widths", "dropout": "dropout
 def config_label(config: dict) -> str:
     """A short name that tells configurations apart: "fast", "fast (custom: epochs 5, training set
     5,000)", or the architecture for settings made by hand. Runs, Results and Compare show it."""
-    from fmnist.training import PRESETS, TrainConfig  # lazy: training imports this module
+    from fmnist.config import PRESETS, TrainConfig
 
     preset = config.get("preset")
     if preset not in PRESETS:

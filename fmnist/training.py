@@ -14,7 +14,6 @@ validation accuracy) are kept, evaluated and saved with status "stopped".
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import threading
@@ -27,130 +26,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from fmnist import data as fdata
-from fmnist.models import ARCHITECTURES, DEFAULTS
+# The config's names are fmnist.config's; the CLI, the pages and the tests also import them from here.
+from fmnist.config import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig, preset_config  # noqa: F401
 
 Listener = Callable[[dict], None]
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "onecycle")
-PRECISIONS = ("float32", "bfloat16")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run; JSON round-trips through to_dict/from_dict."""
-
-    arch: str = "paper"
-    widths: list[int] | None = None  # None: the architecture's defaults (models.DEFAULTS)
-    dropout: float | list[float] | None = None  # None: defaults; one number or (conv, dense)
-    epochs: int = 15
-    batch_size: int = 150
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    augment_flip: bool = False
-    augment_shift: int = 0  # pixels of random translation
-    augment_scale: float = 0.0  # random zoom about the centre, up to this fraction either way (0.1 = ±10%)
-    ema: float = 0.0  # weight-averaging momentum, 0 = off
-    tta_flip: bool = False  # average predictions with the mirrored image at test time
-    val_fraction: float = 0.1
-    seed: int = 0
-    limit: int | None = None  # stratified subset of the training set, for quick runs
-    precision: str = "float32"  # or "bfloat16": mixed-precision training (weights stay float32)
-    tensorboard: bool = False
-    preset: str | None = None
-
-    # Bounds shared by the CLI and the app: (low, high) inclusive.
-    BOUNDS = {
-        "epochs": (1, 200), "batch_size": (8, 4096), "learning_rate": (1e-6, 1.0),
-        "warmup_epochs": (0.0, 50.0), "weight_decay": (0.0, 0.5), "label_smoothing": (0.0, 0.5),
-        "augment_shift": (0, 6), "augment_scale": (0.0, 0.3), "ema": (0.0, 0.9999), "val_fraction": (0.0, 0.5),
-        "seed": (0, 2**31 - 1), "limit": (100, 60_000),
-    }
-
-    def validate(self) -> "TrainConfig":
-        """Raise ValueError with a specific message for any out-of-range or unknown value."""
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        for name, (low, high) in self.BOUNDS.items():
-            value = getattr(self, name)
-            if value is None and name == "limit":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-            if not low <= value <= high:
-                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-        for name in ("epochs", "batch_size", "augment_shift", "seed"):
-            if int(getattr(self, name)) != getattr(self, name):
-                raise ValueError(f"{name} must be a whole number, got {getattr(self, name)}")
-        n_widths = (2, 3, 4) if self.arch == "modern" else (len(DEFAULTS[self.arch]["widths"]),)
-        if self.widths is not None:
-            if (not isinstance(self.widths, (list, tuple)) or len(self.widths) not in n_widths
-                    or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 1024
-                               for w in self.widths)):
-                raise ValueError(f"{self.arch} takes {' or '.join(map(str, n_widths))} widths, each 1-1024, "
-                                 f"got {self.widths}")
-        if self.dropout is not None:
-            values = self.dropout if isinstance(self.dropout, (list, tuple)) else [self.dropout]
-            if (len(values) not in (1, 2) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                     and 0.0 <= v <= 0.9 for v in values)):
-                raise ValueError(f"dropout must be one or two numbers between 0 and 0.9, got {self.dropout}")
-        if self.limit is not None and self.limit * self.val_fraction < 10 and self.val_fraction > 0:
-            raise ValueError("limit is too small for a validation split: use at least 10 validation images")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """Build and validate from plain values, refusing unknown keys (e.g. a tampered config)."""
-        if not isinstance(values, dict):
-            raise ValueError("config must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
-        values = dict(values)
-        if isinstance(values.get("widths"), tuple):
-            values["widths"] = list(values["widths"])
-        return cls(**values).validate()
-
-    def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def params_key(self) -> str:
-        return self.preset or self.arch
-
-
-# Presets are plain values; see README "Training recipes" for how each was measured.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": dict(arch="paper", epochs=15, batch_size=150, optimizer="adam", learning_rate=1e-3),
-    "fast": dict(arch="modern", widths=[16, 32, 64, 128], epochs=3, batch_size=256, optimizer="adamw",
-                 learning_rate=5e-3, schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1),
-    "best": dict(arch="modern", widths=[24, 48, 96, 192], epochs=18, batch_size=256, optimizer="adamw",
-                 learning_rate=4e-3, schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1,
-                 augment_flip=True, augment_shift=2, tta_flip=True, precision="bfloat16"),
-}
-
-
-def preset_config(name: str, **overrides) -> TrainConfig:
-    """A preset's TrainConfig with optional overrides (None values are ignored)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    values = {**PRESETS[name], "preset": name}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**values).validate()
 
 
 @dataclass
@@ -248,7 +127,8 @@ def _keras_schedule(kind: str, peak: float, total_steps: int, warmup_steps: int)
     return Schedule()
 
 
-def _make_optimizer(config: TrainConfig, steps_per_epoch: int):
+def make_optimizer(config: TrainConfig, steps_per_epoch: int):
+    """The config's Keras optimizer, with its learning-rate schedule over the whole run."""
     import keras
 
     total, warmup = schedule_steps(config, steps_per_epoch)
@@ -329,22 +209,40 @@ def predict_probabilities(model, images: np.ndarray, tta_flip: bool = False, bat
     return np.asarray(probs, dtype=np.float32)
 
 
-def _bridge_callback(config: TrainConfig, emit: Callable[[dict], None], stop_event: threading.Event | None,
-                     steps_per_epoch: int, n_train: int, history: dict, state: dict):
+def compile_model(config: TrainConfig, steps_per_epoch: int):
+    """A freshly built, seeded and compiled Keras model for a config (optimizer, loss, accuracy)."""
     import keras
 
-    class EventBridge(keras.callbacks.Callback):
-        """Turns Keras callbacks into plain events; honours stop requests; keeps the best weights."""
+    from fmnist.models import build_model
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config.arch, widths=config.widths, dropout=config.dropout, precision=config.precision)
+    model.compile(optimizer=make_optimizer(config, steps_per_epoch),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+                  metrics=["accuracy"])
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras callbacks, one job each. A stop (by request or divergence) shows in `model.stop_training`,
+# which Keras keeps set until fit returns, so the epoch that was cut short is known to be partial.
+
+
+def _callbacks(config: TrainConfig, emit: Listener, stop_event: threading.Event | None, steps_per_epoch: int,
+               n_train: int, history: dict):
+    """(progress, stop request, divergence, best weights) callbacks, built where Keras is imported."""
+    import keras
+
+    class ProgressEvents(keras.callbacks.Callback):
+        """Reports every batch and epoch to the listeners as plain events and records them in `history`."""
 
         def on_train_begin(self, logs=None):
-            state["t0"] = time.perf_counter()
-            state["best_val"] = -1.0
-            state["best_weights"] = None
+            self.t0 = time.perf_counter()
 
         def on_epoch_begin(self, epoch, logs=None):
-            state["epoch"] = epoch
-            state["epoch_t0"] = time.perf_counter()
-            state["so_far"] = (0, 0.0, 0.0)  # images seen this epoch, their mean loss and accuracy
+            self.epoch = epoch
+            self.epoch_t0 = self.last_batch_t = time.perf_counter()
+            self.seen, self.mean_loss, self.mean_acc = 0, 0.0, 0.0  # this epoch's images and running means
 
         def on_train_batch_end(self, batch, logs=None):
             logs = logs or {}
@@ -353,58 +251,176 @@ def _bridge_callback(config: TrainConfig, emit: Callable[[dict], None], stop_eve
             # running means draw at every epoch boundary.
             loss = float(logs.get("loss", float("nan")))
             acc = float(logs.get("accuracy", float("nan")))
-            seen_before, loss_before, acc_before = state["so_far"]
             seen = min((batch + 1) * config.batch_size, n_train)
-            size = max(seen - seen_before, 1)
-            batch_loss = (loss * seen - loss_before * seen_before) / size
-            batch_acc = min(max((acc * seen - acc_before * seen_before) / size, 0.0), 1.0)
-            state["so_far"] = (seen, loss, acc)
-            step = state["epoch"] * steps_per_epoch + batch + 1
+            size = max(seen - self.seen, 1)
+            batch_loss = (loss * seen - self.mean_loss * self.seen) / size
+            batch_acc = min(max((acc * seen - self.mean_acc * self.seen) / size, 0.0), 1.0)
+            self.seen, self.mean_loss, self.mean_acc = seen, loss, acc
+            step = self.epoch * steps_per_epoch + batch + 1
             total = steps_per_epoch * config.epochs
-            elapsed = time.perf_counter() - state["t0"]
-            rate = step * config.batch_size / max(elapsed, 1e-9)
-            state["last_batch_t"] = time.perf_counter()
-            history["batches"].append({"epoch": state["epoch"] + 1, "step": step, "loss": loss, "accuracy": acc,
+            self.last_batch_t = time.perf_counter()
+            elapsed = self.last_batch_t - self.t0
+            history["batches"].append({"epoch": self.epoch + 1, "step": step, "loss": loss, "accuracy": acc,
                                        "batch_loss": batch_loss, "batch_accuracy": batch_acc})
-            emit({"kind": "batch", "epoch": state["epoch"] + 1, "step": batch + 1, "global_step": step,
+            emit({"kind": "batch", "epoch": self.epoch + 1, "step": batch + 1, "global_step": step,
                   "total_steps": total, "loss": loss, "accuracy": acc, "batch_loss": batch_loss,
-                  "batch_accuracy": batch_acc, "images_per_s": rate, "eta_s": (total - step) * elapsed / step})
-            if not math.isfinite(loss):
-                state["nan"] = True
-                self.model.stop_training = True
-            elif stop_event is not None and stop_event.is_set():
-                state["stopped"] = True
-                self.model.stop_training = True
+                  "batch_accuracy": batch_acc, "images_per_s": step * config.batch_size / max(elapsed, 1e-9),
+                  "eta_s": (total - step) * elapsed / step})
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            seconds = time.perf_counter() - state["epoch_t0"]
             # training-only time (up to the last batch), excluding validation, for throughput
-            train_seconds = state.get("last_batch_t", state["epoch_t0"]) - state["epoch_t0"]
-            images = state["so_far"][0]
-            lr = self.model.optimizer.learning_rate
+            train_seconds = self.last_batch_t - self.epoch_t0
             row = {
                 "epoch": epoch + 1,
                 "loss": float(logs.get("loss", float("nan"))),
                 "accuracy": float(logs.get("accuracy", float("nan"))),
                 "val_loss": float(logs["val_loss"]) if "val_loss" in logs else None,
                 "val_accuracy": float(logs["val_accuracy"]) if "val_accuracy" in logs else None,
-                "learning_rate": float(np.asarray(lr)),
-                "seconds": seconds,
+                "learning_rate": float(np.asarray(self.model.optimizer.learning_rate)),
+                "seconds": time.perf_counter() - self.epoch_t0,
                 "train_seconds": train_seconds,
-                "images_per_s": images / max(train_seconds, 1e-9),
+                "images_per_s": self.seen / max(train_seconds, 1e-9),
             }
-            if state.get("stopped") or state.get("nan"):
+            if self.model.stop_training:
                 row["partial"] = True  # cut short by a stop request: metrics cover part of the epoch
             history["epochs"].append(row)
-            val = row["val_accuracy"]
-            if val is not None and val > state["best_val"] and not row.get("partial") and not config.ema:
-                state["best_val"] = val
-                state["best_epoch"] = epoch + 1
-                state["best_weights"] = self.model.get_weights()
             emit({"kind": "epoch", **row})
 
-    return EventBridge()
+    class StopOnRequest(keras.callbacks.Callback):
+        """Ends training at the next batch once `stop_event` is set."""
+
+        requested = False
+
+        def on_train_batch_end(self, batch, logs=None):
+            if stop_event is not None and stop_event.is_set() and not self.model.stop_training:
+                self.requested = self.model.stop_training = True
+
+    class StopOnDivergence(keras.callbacks.Callback):
+        """Ends training when the loss stops being a finite number."""
+
+        diverged = False
+
+        def on_train_batch_end(self, batch, logs=None):
+            if not math.isfinite(float((logs or {}).get("loss", float("nan")))):
+                self.diverged = self.model.stop_training = True
+
+    class KeepBestWeights(keras.callbacks.Callback):
+        """Keeps the weights of the best whole epoch by validation accuracy (not with weight averaging,
+        whose averaged weights are what the optimizer leaves at the end)."""
+
+        best_val, best_epoch, best_weights = -1.0, None, None
+
+        def on_epoch_end(self, epoch, logs=None):
+            val = (logs or {}).get("val_accuracy")
+            if val is not None and float(val) > self.best_val and not self.model.stop_training and not config.ema:
+                self.best_val, self.best_epoch = float(val), epoch + 1
+                self.best_weights = self.model.get_weights()
+
+    # Progress first, so that the batch that stops training is still reported.
+    return ProgressEvents(), StopOnDivergence(), StopOnRequest(), KeepBestWeights()
+
+
+@dataclass
+class Fitted:
+    """What fitting leaves: an uncompiled model with the kept weights, and how the fit ended."""
+
+    model: Any
+    status: str  # completed | stopped
+    seconds: float
+    best_epoch: int | None
+    params: int
+
+
+def fit(config: TrainConfig, splits: fdata.Splits, emit: Listener, history: dict,
+        stop_event: threading.Event | None = None, tensorboard_dir: Path | None = None) -> Fitted:
+    """Fit a new model on the training split (validating on the validation split), reporting to `emit`
+    and recording into `history`. Raises NaNLossError when the loss diverges."""
+    configure_tensorflow()
+    import keras
+
+    from fmnist.models import build_model
+
+    steps_per_epoch = math.ceil(len(splits.x_train) / config.batch_size)
+    model = compile_model(config, steps_per_epoch)
+    train_ds = make_train_dataset(splits.x_train, splits.y_train, config)
+    val_ds = make_eval_dataset(splits.x_val, splits.y_val) if len(splits.x_val) else None
+    progress, divergence, request, best = _callbacks(config, emit, stop_event, steps_per_epoch,
+                                                     len(splits.x_train), history)
+    callbacks = [progress, divergence, request, best]
+    if tensorboard_dir is not None:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir)))
+    emit({"kind": "start", "epochs": config.epochs, "steps_per_epoch": steps_per_epoch,
+          "total_steps": steps_per_epoch * config.epochs, "n_train": len(splits.x_train),
+          "n_val": len(splits.x_val), "params": model.count_params()})
+    t_fit = time.perf_counter()
+    model.fit(train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks, verbose=0,
+              shuffle=False)  # the tf.data pipeline shuffles
+    seconds = time.perf_counter() - t_fit
+    if divergence.diverged:
+        raise NaNLossError("the loss became NaN (diverged): lower the learning rate or turn off "
+                           "the schedule's warm-up peak, then train again")
+    if best.best_weights is not None:
+        model.set_weights(best.best_weights)
+    # A fresh, uncompiled copy to save: no optimizer state, no custom schedule in the file.
+    clean = build_model(config.arch, widths=config.widths, dropout=config.dropout)
+    clean.set_weights(model.get_weights())
+    return Fitted(clean, "stopped" if request.requested else "completed", seconds, best.best_epoch,
+                  int(model.count_params()))
+
+
+def evaluate(model, config: TrainConfig, splits: fdata.Splits, dataset: fdata.Dataset) -> tuple[dict, np.ndarray]:
+    """(metrics, test probabilities): the test-set report plus training (a sample of up to 10,000) and
+    validation accuracy, with flip averaging when the config asks for it."""
+    from fmnist.evaluation import evaluate_probabilities
+
+    train_sample = fdata.stratified_limit(splits.y_train, min(len(splits.y_train), 10_000), config.seed)
+    train_acc = float(np.mean(predict_probabilities(model, splits.x_train[train_sample]).argmax(1)
+                              == splits.y_train[train_sample]))
+    val_acc = (float(np.mean(predict_probabilities(model, splits.x_val, config.tta_flip).argmax(1)
+                             == splits.y_val)) if len(splits.x_val) else None)
+    probs = predict_probabilities(model, dataset.x_test, config.tta_flip)
+    metrics = evaluate_probabilities(probs, dataset.y_test)
+    metrics.update({"train_accuracy": train_acc, "val_accuracy": val_acc, "tta_flip": config.tta_flip})
+    return metrics, probs
+
+
+def run_summary(config: TrainConfig, fitted: Fitted, history: dict, metrics: dict, total_seconds: float) -> dict:
+    """The run's status.json content."""
+    images_seen = len(history["batches"]) * config.batch_size
+    return {
+        "status": fitted.status, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "seconds": round(fitted.seconds, 2), "total_seconds": round(total_seconds, 2),
+        "epochs_done": len([e for e in history["epochs"] if not e.get("partial")]), "params": fitted.params,
+        "best_epoch": fitted.best_epoch, "best_val_accuracy": metrics["val_accuracy"],
+        "train_accuracy": metrics["train_accuracy"],
+        "images_per_s": round(images_seen / max(fitted.seconds, 1e-9), 1),
+        "message": "stopped by request; best weights so far kept" if fitted.status == "stopped" else "",
+    }
+
+
+def save_run(writer, config: TrainConfig, history: dict, metrics: dict, probs: np.ndarray, model,
+             summary: dict) -> Path:
+    """Write a finished run through a runs.RunWriter and commit it; returns the run directory."""
+    writer.write_json("config.json", config.to_dict())
+    writer.write_json("history.json", history)
+    writer.write_json("metrics.json", metrics)
+    writer.write_npy("test_probs.npy", probs)
+    writer.save_model(model)
+    return writer.commit(summary)
+
+
+def save_failed_run(writer, config: TrainConfig, history: dict, message: str, seconds: float) -> Path | None:
+    """Keep a failed run's config, history and error (never raises; the staging folder goes on failure)."""
+    try:
+        writer.write_json("config.json", config.to_dict())
+        writer.write_json("history.json", history)
+        writer.write_json("error.json", {"message": message, "traceback": traceback.format_exc()})
+        return writer.commit({"status": "failed", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                              "seconds": round(seconds, 2), "message": message})
+    except Exception:
+        writer.abort()
+        return None
 
 
 def train(config: TrainConfig, dataset: fdata.Dataset | None = None, *, data_dir: str | None = None,
@@ -413,6 +429,8 @@ def train(config: TrainConfig, dataset: fdata.Dataset | None = None, *, data_dir
           run_name: str | None = None) -> TrainResult:
     """Train, evaluate on the test set, save a run directory (and its OpenVINO IR). Never raises
     for training failures: they come back as status "failed" (and a "failed" event)."""
+    from fmnist.runs import RunWriter, new_run_name
+
     listeners = list(listeners)
 
     def emit(event: dict) -> None:
@@ -422,121 +440,44 @@ def train(config: TrainConfig, dataset: fdata.Dataset | None = None, *, data_dir
     config = config.validate()
     t_start = time.perf_counter()
     history: dict[str, list] = {"epochs": [], "batches": []}
-    state: dict[str, Any] = {}
     writer = None
     try:
         emit({"kind": "status", "message": "loading data"})
         if dataset is None:
             dataset = fdata.load_fashion_mnist(data_dir)
         splits = fdata.make_splits(dataset, config.val_fraction, config.seed, config.limit)
-        configure_tensorflow()
-        import keras
-
-        from fmnist.models import build_model
-
-        keras.utils.set_random_seed(config.seed)
-        model = build_model(config.arch, widths=config.widths, dropout=config.dropout,
-                            precision=config.precision)
-        steps_per_epoch = math.ceil(len(splits.x_train) / config.batch_size)
-        model.compile(
-            optimizer=_make_optimizer(config, steps_per_epoch),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-            metrics=["accuracy"],
-        )
-        train_ds = make_train_dataset(splits.x_train, splits.y_train, config)
-        val_ds = make_eval_dataset(splits.x_val, splits.y_val) if len(splits.x_val) else None
-        callbacks = [_bridge_callback(config, emit, stop_event, steps_per_epoch, len(splits.x_train),
-                                      history, state)]
-        name = run_name or _default_run_name(config)
         if save:
-            from fmnist.runs import RunWriter
-
-            writer = RunWriter(runs_root, name)
-            if config.tensorboard:
-                callbacks.append(keras.callbacks.TensorBoard(log_dir=str(writer.path("tensorboard"))))
-        emit({"kind": "start", "epochs": config.epochs, "steps_per_epoch": steps_per_epoch,
-              "total_steps": steps_per_epoch * config.epochs, "n_train": len(splits.x_train),
-              "n_val": len(splits.x_val), "params": model.count_params()})
-        t_fit = time.perf_counter()
-        model.fit(train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks, verbose=0,
-                  shuffle=False)  # the tf.data pipeline shuffles
-        fit_seconds = time.perf_counter() - t_fit
-        if state.get("nan"):
-            raise NaNLossError("the loss became NaN (diverged): lower the learning rate or turn off "
-                               "the schedule's warm-up peak, then train again")
-        status = "stopped" if state.get("stopped") else "completed"
-        if state.get("best_weights") is not None:
-            model.set_weights(state["best_weights"])
-        # Save a fresh, uncompiled copy: no optimizer state, no custom schedule in the file.
-        clean = build_model(config.arch, widths=config.widths, dropout=config.dropout)
-        clean.set_weights(model.get_weights())
-
+            writer = RunWriter(runs_root, run_name or new_run_name(config.params_key))
+        fitted = fit(config, splits, emit, history, stop_event,
+                     writer.path("tensorboard") if writer is not None and config.tensorboard else None)
         emit({"kind": "status", "message": "evaluating on the test set"})
-        from fmnist.evaluation import evaluate_probabilities
-
-        train_sample = fdata.stratified_limit(splits.y_train, min(len(splits.y_train), 10_000), config.seed)
-        train_acc = float(np.mean(predict_probabilities(clean, splits.x_train[train_sample]).argmax(1)
-                                  == splits.y_train[train_sample]))
-        val_acc = (float(np.mean(predict_probabilities(clean, splits.x_val, config.tta_flip).argmax(1)
-                                 == splits.y_val)) if len(splits.x_val) else None)
-        probs = predict_probabilities(clean, dataset.x_test, config.tta_flip)
-        metrics = evaluate_probabilities(probs, dataset.y_test)
-        metrics.update({"train_accuracy": train_acc, "val_accuracy": val_acc, "tta_flip": config.tta_flip})
-        epochs_done = len([e for e in history["epochs"] if not e.get("partial")])
-        images_seen = len(history["batches"]) * config.batch_size
-        summary = {
-            "status": status, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "seconds": round(fit_seconds, 2), "total_seconds": round(time.perf_counter() - t_start, 2),
-            "epochs_done": epochs_done, "params": int(model.count_params()),
-            "best_epoch": state.get("best_epoch"), "best_val_accuracy": val_acc,
-            "train_accuracy": train_acc, "images_per_s": round(images_seen / max(fit_seconds, 1e-9), 1),
-            "message": "stopped by request; best weights so far kept" if status == "stopped" else "",
-        }
+        metrics, probs = evaluate(fitted.model, config, splits, dataset)
+        summary = run_summary(config, fitted, history, metrics, time.perf_counter() - t_start)
         run_dir = None
         if writer is not None:
             emit({"kind": "status", "message": "saving"})
-            writer.write_json("config.json", config.to_dict())
-            writer.write_json("history.json", history)
-            writer.write_json("metrics.json", metrics)
-            writer.write_npy("test_probs.npy", probs)
-            writer.save_model(clean)
-            run_dir = writer.commit(summary)
+            run_dir = save_run(writer, config, history, metrics, probs, fitted.model, summary)
             writer = None
             if export:
                 _export_quietly(run_dir, emit, splits)
-        result = TrainResult(status, run_dir, summary["message"], history, metrics, fit_seconds)
+        status = fitted.status
         emit({"kind": status if status == "stopped" else "finished", "run_dir": str(run_dir) if run_dir else None,
               "message": summary["message"], "test_accuracy": metrics["test_accuracy"]})
-        return result
+        return TrainResult(status, run_dir, summary["message"], history, metrics, fitted.seconds)
     except Exception as exc:  # any failure becomes a failed run with a message, never a traceback
         message = str(exc) if isinstance(exc, (fdata.DataError, NaNLossError, ValueError)) else (
             f"{type(exc).__name__}: {exc}")
         run_dir = None
         if writer is not None:
-            try:
-                writer.write_json("config.json", config.to_dict())
-                writer.write_json("history.json", history)
-                writer.write_json("error.json", {"message": message, "traceback": traceback.format_exc()})
-                run_dir = writer.commit({"status": "failed", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                         "seconds": round(time.perf_counter() - t_start, 2), "message": message})
-            except Exception:
-                writer.abort()
+            run_dir = save_failed_run(writer, config, history, message, time.perf_counter() - t_start)
         emit({"kind": "failed", "run_dir": str(run_dir) if run_dir else None, "message": message})
         return TrainResult("failed", run_dir, message, history, {}, time.perf_counter() - t_start)
 
 
-def _default_run_name(config: TrainConfig) -> str:
-    from fmnist.runs import new_run_name
+def _export_quietly(run_dir: Path, emit: Listener, splits: fdata.Splits) -> None:
+    """Export OpenVINO IR after training; a failure is reported as a status event, not raised."""
+    from fmnist import export as fexport
 
-    return new_run_name(config.params_key)
-
-
-def _export_quietly(run_dir: Path, emit: Callable[[dict], None], splits: fdata.Splits) -> None:
-    """Export OpenVINO IR after training when the export module is available; report, don't fail."""
-    try:
-        from fmnist import export as fexport
-    except ImportError:
-        return
     emit({"kind": "status", "message": "exporting to OpenVINO (FP32 and INT8)"})
     try:
         fexport.export_run(run_dir, calibration_images=splits.x_train)

@@ -4,7 +4,7 @@ side by side (accuracy, agreement, latency p50/p95, throughput), measured on dem
 import streamlit as st
 
 from fmnist import charts
-from fmnist.bench_infer import measure_backends_isolated, side_by_side
+from fmnist.measure import measure_backends_isolated, side_by_side
 from pages import _state
 
 _state.ensure_navigation()

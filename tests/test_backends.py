@@ -265,7 +265,8 @@ def test_cli_predict_with_each_backend(run, dataset, tmp_path, capsys):
 
 
 def test_measure_backends_reports_every_backend(run, dataset):
-    from fmnist.bench_infer import format_markdown, format_report, measure_backends, side_by_side
+    from fmnist.bench_infer import format_markdown, format_report
+    from fmnist.measure import measure_backends, side_by_side
 
     seen = []
     result = measure_backends(run, dataset.x_test, dataset.y_test, progress=lambda f, m: seen.append((f, m)),
@@ -297,7 +298,7 @@ def test_measure_backends_reports_every_backend(run, dataset):
 def test_measure_backends_isolated_relays_progress_and_errors(run, dataset, tmp_path):
     """The Compare page's measurement runs in a child process: same result shape, progress relayed,
     failures as a one-line RuntimeError."""
-    from fmnist.bench_infer import measure_backends_isolated
+    from fmnist.measure import measure_backends_isolated
 
     seen = []
     result = measure_backends_isolated(run, dataset.x_test[:100], dataset.y_test[:100],

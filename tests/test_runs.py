@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from fmnist import runs
-from fmnist.runs import RunError, RunWriter, list_runs, load_model, verify_run
+from fmnist.keras_backend import load_model
+from fmnist.runs import RunError, RunWriter, list_runs, verify_run
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from fmnist.runs import DEFAULT_MODEL_DIR, load_metrics, load_model, resolve_run, verify_run
+from fmnist.keras_backend import load_model
+from fmnist.runs import DEFAULT_MODEL_DIR, load_metrics, resolve_run, verify_run
 from fmnist.training import TrainConfig, predict_probabilities
 
 def test_shipped_model_verifies_and_is_the_default(shipped_model):

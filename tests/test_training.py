@@ -130,14 +130,14 @@ def test_presets_are_valid_and_paper_is_the_report_recipe():
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
 def test_learning_rate_preview_is_the_schedule_keras_trains_with(schedule):
     """The Train page's preview (numpy, no TensorFlow) and the optimizer's schedule are one formula."""
-    from fmnist.training import _make_optimizer, learning_rate_preview
+    from fmnist.training import learning_rate_preview, make_optimizer
 
     config = TrainConfig(arch="modern", epochs=4, batch_size=100, limit=2000, val_fraction=0.1,
                          schedule=schedule, learning_rate=3e-3, optimizer="adamw")
     preview = learning_rate_preview(config)
     assert preview["steps_per_epoch"] == 18  # 1,800 training images / 100
     assert preview["steps"][0] == 0 and preview["steps"][-1] == 4 * 18 - 1
-    optimizer = _make_optimizer(config, preview["steps_per_epoch"])
+    optimizer = make_optimizer(config, preview["steps_per_epoch"])
     lr = optimizer.learning_rate if schedule == "constant" else None
     for step, expected in zip(preview["steps"], preview["learning_rate"]):
         actual = float(lr) if lr is not None else float(optimizer._learning_rate(step))
