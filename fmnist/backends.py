@@ -36,7 +36,7 @@ from fmnist import openvino_ir
 from fmnist.keras_backend import KerasBackend
 from fmnist.openvino_ir import IR_FILES, OV_DIR, read_export_info
 # BackendError and as_batch are fmnist.predictor's; callers also import them from here.
-from fmnist.predictor import BackendError, as_batch  # noqa: F401
+from fmnist.predictor import BackendError, Predictor, as_batch  # noqa: F401
 from fmnist.runs import BUNDLE_MANIFEST, MANIFEST, RunError, checked_run, read_json
 
 BACKENDS = ("keras", "openvino-fp32", "openvino-int8")
@@ -378,7 +378,7 @@ def run_uses_tta(run_dir: str | Path) -> bool:
 
 
 def get_backend(run_dir: str | Path, name: str = "keras", cache: bool = True, tta: bool | None = None,
-                isolated: bool = False):
+                isolated: bool = False) -> Predictor:
     """A predictor for a run by backend name (BACKENDS, or openvino-bf16 where the CPU supports it).
 
     tta: average with mirror images (None: as the run's config says; benchmarks pass False to time

@@ -10,6 +10,10 @@ worker and the tests all listen the same way. Event kinds:
     finished / stopped / failed  {run_dir, message, test_accuracy}
 A stop request (a threading.Event) is honoured at the next batch; the best weights so far (by
 validation accuracy) are kept, evaluated and saved with status "stopped".
+
+`train` runs the parts in order, each usable alone: `fit` (a compiled model and four Keras callbacks,
+one job each: progress events, divergence, stop request, best weights), `evaluate`, `run_summary`,
+`save_run` (or `save_failed_run`), then the OpenVINO export.
 """
 
 from __future__ import annotations
