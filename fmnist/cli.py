@@ -152,14 +152,18 @@ def cmd_evaluate(args) -> int:
         metrics["backend"] = args.backend
     else:
         metrics = load_metrics(run)
-        metrics["backend"] = "keras (stored test-set probabilities)"
+        metrics["backend"] = "stored"
     metrics["run"] = str(run)
     if args.json:
         out = dict(metrics)
         out["misclassified"] = out["misclassified"][: args.top_errors]
         print(json.dumps(out, indent=2))
     else:
-        print(f"run {run}  backend {metrics['backend']}")
+        if metrics["backend"] == "stored":
+            print(model_line(run, "stored").split(" · ")[0] + " · the test-set answers saved at training time "
+                  "(Keras); --backend re-runs the test set")
+        else:
+            print(model_line(run, metrics["backend"]))
         print(format_report(metrics))
     return 0
 
@@ -179,22 +183,66 @@ def cmd_runs(args) -> int:
 
     infos = list_runs(args.runs_dir)
     if args.json:
+        from fmnist.runs import config_label
+
         print(json.dumps([{"name": i.name, "path": str(i.path), "status": i.status, "reason": i.reason,
-                           "preset": i.config.get("preset"), "arch": i.config.get("arch"), **i.summary}
+                           "preset": i.config.get("preset"), "arch": i.config.get("arch"),
+                           "configuration": "shipped default" if i.is_default else config_label(i.config),
+                           **i.summary}
                           for i in infos], indent=2))
         return 0
     if not infos:
         print("no runs yet: python -m fmnist train --preset fast")
         return 0
-    print(f"{'run':<34} {'status':<10} {'preset/arch':<16} {'epochs':>6} {'test acc':>9} {'val acc':>8}  note")
+    from fmnist.runs import config_label
+
+    print(f"{'run':<34} {'status':<10} {'epochs':>6} {'test acc':>9} {'val acc':>8}  configuration")
     for i in infos:
         acc = i.summary.get("test_accuracy")
         val = i.summary.get("best_val_accuracy")
-        print(f"{i.name:<34} {i.status:<10} {(i.config.get('preset') or i.config.get('arch') or '-'):<16} "
-              f"{i.summary.get('epochs_done') or '-':>6} "
+        tag = "shipped default" if i.is_default else config_label(i.config) if i.config else "-"
+        print(f"{i.name:<34} {i.status:<10} {i.summary.get('epochs_done') or '-':>6} "
               f"{(f'{acc * 100:.2f}%' if isinstance(acc, float) else '-'):>9} "
-              f"{(f'{val * 100:.2f}%' if isinstance(val, float) else '-'):>8}  {i.reason}")
+              f"{(f'{val * 100:.2f}%' if isinstance(val, float) else '-'):>8}  {tag}"
+              + (f"  ({i.reason})" if i.reason else ""))
     return 0
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """The files to classify: each file named, and the images (PNG, JPEG, WebP) in each folder
+    named, sorted. A folder without images is an error, as is a path that does not exist."""
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CLIError(f"{name}: no PNG, JPEG or WebP images in this folder")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise CLIError(f"{name}: no such file or folder")
+    return files
+
+
+def default_backend(run: Path) -> str:
+    """OpenVINO FP32 when the run has its verified IR (as the app does: it answers without
+    TensorFlow), else Keras."""
+    from fmnist.runs import checked_run
+
+    return "openvino-fp32" if checked_run(run).bundles.get("openvino") == "ok" else "keras"
+
+
+def model_line(run: Path, backend: str) -> str:
+    """Which model and backend answered, in the app's words."""
+    from fmnist.runs import checked_run
+
+    labels = {"keras": "Keras (TensorFlow)", "openvino-fp32": "OpenVINO FP32", "openvino-int8": "OpenVINO INT8"}
+    return f"model {checked_run(run).label()} · backend {labels.get(backend, backend)}"
 
 
 def cmd_predict(args) -> int:
@@ -203,18 +251,19 @@ def cmd_predict(args) -> int:
     from fmnist.preprocess import PreprocessError, load_for_model
 
     run = _run_or_error(args.run, args.runs_dir)
+    backend_name = args.backend or default_backend(run)
     prepared, failures = [], []
-    for name in args.images:
+    for path in image_files(args.images):
         try:
-            prepared.append((name, load_for_model(Path(name))))
+            prepared.append((str(path), load_for_model(path)))
         except PreprocessError as exc:
-            failures.append((name, str(exc)))
+            failures.append((str(path), str(exc)))
     results = []
     if prepared:
         import numpy as np
 
         try:
-            backend = get_backend(run, args.backend)
+            backend = get_backend(run, backend_name)
         except BackendError as exc:
             raise CLIError(str(exc))
         probs = backend.predict_proba(np.stack([p.input for _, p in prepared]))
@@ -224,9 +273,11 @@ def cmd_predict(args) -> int:
                             "probabilities": [round(float(v), 6) for v in row],
                             "warnings": list(prep.warnings)})
     if args.json:
-        out = results + [{"file": n, "error": e} for n, e in failures]
+        out = [{**r, "run": str(run), "backend": backend_name} for r in results]
+        out += [{"file": n, "error": e} for n, e in failures]
         print(json.dumps(out, indent=2))
     else:
+        print(model_line(run, backend_name))
         for r in results:
             order = sorted(range(10), key=lambda i: -r["probabilities"][i])[:3]
             top = ", ".join(f"{CLASS_NAMES[i]} {r['probabilities'][i] * 100:.1f}%" for i in order)
@@ -266,10 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("predict", help="classify image files (top-3 classes)")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p = sub.add_parser("predict", help="classify image files or folders of images (top-3 classes)")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="PNG, JPEG or WebP files; a folder stands for the images in it")
     p.add_argument("--run", help="run name or path (default: the shipped model, else the newest run)")
-    p.add_argument("--backend", choices=BACKENDS, default="keras")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="default: openvino-fp32 when the run has its OpenVINO export (no TensorFlow), else keras")
     p.add_argument("--json", action="store_true")
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_predict)
@@ -291,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
-    if args.command not in ("runs",):  # every other command may need TensorFlow
+    if args.command == "train" or getattr(args, "backend", None) == "keras":
+        # TensorFlow only where it answers: importing it costs seconds (predict and evaluate with
+        # OpenVINO never load it); its C++ start-up notices are kept off the terminal
         from fmnist.training import import_tensorflow_quietly
 
         import_tensorflow_quietly()

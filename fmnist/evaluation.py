@@ -102,11 +102,12 @@ def format_report(metrics: dict) -> str:
     for row in metrics["per_class"]:
         lines.append(f"{row['name']:<12} {row['precision']:>9.3f} {row['recall']:>7.3f} "
                      f"{row['f1']:>7.3f} {row['support']:>8}")
-    lines += ["", "Confusion matrix (rows: true, columns: predicted)"]
-    short = [n.split("/")[0][:7] for n in CLASS_NAMES]
-    lines.append(" " * 12 + "".join(f"{s:>8}" for s in short))
-    for name, row in zip(short, metrics["confusion_matrix"]):
-        lines.append(f"{name:<12}" + "".join(f"{v:>8}" for v in row))
+    # columns numbered, rows named in full: ten full names side by side do not fit a terminal,
+    # and names cut to 7 letters ("Pullove", "Ankle b") read as typos
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted class by number)"]
+    lines.append(" " * 16 + "".join(f"{i:>6}" for i in range(len(CLASS_NAMES))))
+    for i, (name, row) in enumerate(zip(CLASS_NAMES, metrics["confusion_matrix"])):
+        lines.append(f"{i} {name:<14}" + "".join(f"{v:>6}" for v in row))
     if metrics.get("confused_pairs"):
         lines += ["", "Most confused pairs"]
         for pair in metrics["confused_pairs"][:5]:

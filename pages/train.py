@@ -85,8 +85,8 @@ def settings_ui(locked: bool = False) -> tuple[TrainConfig | None, str | None]:
             st.session_state[k + name] = defaults.get(name, fallback.get(name))
         return k + name
 
-    with st.expander("Settings" + (" of the running training" if locked else ""),
-                     expanded=preset == "custom" or locked):
+    with st.expander("Settings" + (" of the running training (locked until it ends)" if locked else ""),
+                     expanded=preset == "custom" and not locked):
         c1, c2, c3 = st.columns(3)
         arch = c1.selectbox("Architecture", list(ARCHITECTURES), key=key("arch"), disabled=locked,
                             help="\n\n".join(f"**{a}**: {d}" for a, d in ARCHITECTURES.items()))
@@ -306,6 +306,7 @@ def others_note(own_id: str | None) -> None:
 
 
 st.title("Train a model")
+top = st.container()  # the job's buttons, progress and outcome come first once there is a job
 job = _state.current_job()
 snap = job.snapshot() if job is not None else None
 busy = bool(snap and snap["active"])
@@ -336,7 +337,8 @@ if config is not None:
         st.plotly_chart(charts.learning_rate_figure(learning_rate_preview(config)), key="lr_preview")
         st.caption(warmup_text(config))
 
-buttons = st.container(horizontal=True, vertical_alignment="center")  # never truncated
+panel_place = top if job is not None else st.container()
+buttons = panel_place.container(horizontal=True, vertical_alignment="center")  # never truncated
 start_clicked = buttons.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start",
                                disabled=busy or config is None)
 stop_clicked = buttons.button("Stop", icon=":material/stop:", key="train_stop", disabled=not busy)
@@ -360,7 +362,8 @@ if not busy:
         others_note(job.id if job is not None else None)
 
 if job is not None:
-    live_panel(job.id, busy)
+    with panel_place:
+        live_panel(job.id, busy)
 else:
     st.info("Pick a preset (or custom settings), check the layer table, then press Start. "
             "Training runs on the server: you can use the other pages meanwhile.")
