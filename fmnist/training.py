@@ -82,12 +82,15 @@ def import_tensorflow_quietly() -> None:
 
 def learning_rate_at(step, kind: str, peak: float, total_steps: int, warmup_steps: int, xp=np):
     """The schedule's learning rate at `step` (a number or array): linear warm-up to `peak`, then
-    cosine or linear (one-cycle) decay. `xp` is numpy (previews) or keras.ops (training): one formula."""
+    the peak held (constant), cosine or linear (one-cycle) decay. `xp` is numpy (previews) or keras.ops
+    (training): one formula."""
     warm = float(max(warmup_steps, 1))
     rest = float(max(total_steps - warmup_steps, 1))
     up = peak * (step + 1.0) / warm
     t = xp.clip((step - warmup_steps) / rest, 0.0, 1.0)
-    if kind == "cosine":
+    if kind == "constant":
+        down = peak + 0.0 * t
+    elif kind == "cosine":
         down = peak * 0.5 * (1.0 + xp.cos(math.pi * t))
     else:
         down = peak * (1.0 - t) + peak * 1e-3 * t
@@ -109,7 +112,7 @@ def learning_rate_preview(config: TrainConfig, points: int = 200) -> dict:
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
     total, warmup = schedule_steps(config, steps_per_epoch)
     steps = np.unique(np.linspace(0, total - 1, min(points, total)).round()).astype(np.float64)
-    if config.schedule == "constant":
+    if config.schedule == "constant" and not warmup:
         rates = np.full_like(steps, config.learning_rate)
     else:
         rates = learning_rate_at(steps, config.schedule, config.learning_rate, total, warmup)
@@ -136,7 +139,7 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
     import keras
 
     total, warmup = schedule_steps(config, steps_per_epoch)
-    if config.schedule == "constant":
+    if config.schedule == "constant" and not warmup:  # a warm-up needs the schedule, even when constant
         lr = config.learning_rate
     else:
         lr = _keras_schedule(config.schedule, config.learning_rate, total, warmup)
