@@ -24,7 +24,8 @@ def _go():
 def _layout(fig, title: str = "", height: int = 320, **kwargs):
     fig.update_layout(title=dict(text=title, x=0, xanchor="left", font=dict(size=14)) if title else None,
                       height=height, margin=dict(l=10, r=10, t=56 if title else 24, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="right", x=1), **kwargs)
+                      # the legend sits top left: Plotly's toolbar (top right) covered it there
+                      legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0), **kwargs)
     return fig
 
 

@@ -80,6 +80,45 @@ def enlarge(image: np.ndarray, scale: int = 8) -> np.ndarray:
     return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
 
 
+def fit_square(image: np.ndarray, size: int = 112) -> np.ndarray:
+    """An image scaled (nearest, keeping its aspect) and centred on a size x size canvas, so that
+    the steps of a pipeline show as equal thumbnails whatever their shapes. Greyscale or RGB."""
+    arr = to_uint8(image)
+    h, w = arr.shape[:2]
+    scale = size / max(h, w, 1)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    rows = np.minimum((np.arange(nh) / scale).astype(int), h - 1)
+    cols = np.minimum((np.arange(nw) / scale).astype(int), w - 1)
+    small = arr[rows][:, cols]
+    canvas = np.full((size, size) + arr.shape[2:], 128, np.uint8)  # mid grey: neither item nor background
+    top, left = (size - nh) // 2, (size - nw) // 2
+    canvas[top:top + nh, left:left + nw] = small
+    return canvas
+
+
+def decision_rows(decisions: dict) -> list[dict]:
+    """The photo pipeline's decisions as labelled rows ("Background colour": "255, 255, 255")."""
+    rows = []
+    for key, value in decisions.items():
+        if isinstance(value, bool):
+            text = "yes" if value else "no"
+        elif isinstance(value, (list, tuple)):
+            text = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        elif isinstance(value, float):
+            text = f"{value:.3g}"
+        else:
+            text = str(value)
+        rows.append({"decision": key.replace("_", " ").capitalize(), "value": text})
+    return rows
+
+
+def page_of(items: list, page: int, per_page: int) -> tuple[list, int, int]:
+    """One page of a long list: (items on it, the page actually shown, the number of pages)."""
+    pages = max(1, -(-len(items) // max(per_page, 1)))
+    page = min(max(int(page), 1), pages)
+    return items[(page - 1) * per_page: page * per_page], page, pages
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Any float or int image scaled into 0..255 uint8 (min-max for floats outside that range)."""
     arr = np.asarray(image)

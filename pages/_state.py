@@ -106,6 +106,31 @@ def backend(run_dir: Path, name: str):
         return None, f"{BACKEND_LABELS.get(name, name)} is not available for this run: {exc}"
 
 
+@st.cache_resource(show_spinner=False)
+def _loaded_backends() -> set:
+    return set()
+
+
+def ensure_loaded(model) -> None:
+    """Make the first call of a backend in this server outside any latency figure: it loads the
+    model (Keras: starts its worker and imports TensorFlow, seconds), shown as loading."""
+    loaded = _loaded_backends()
+    if id(model) in loaded:
+        return
+    import time
+
+    import numpy as np
+
+    label = BACKEND_LABELS.get(model.name, model.name)
+    with st.spinner(f"Loading {label} (first use on this server)..."):
+        t0 = time.perf_counter()
+        model.predict_proba(np.zeros((1, 28, 28), np.float32))
+        seconds = time.perf_counter() - t0
+    loaded.add(id(model))
+    if seconds > 0.5:
+        st.caption(f"Loaded {label} in {seconds:.1f} s; the times below are the model's own.")
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def run_files(run_dir: str, stamp: tuple) -> dict:
     """history, metrics and test probabilities of a run (cached per run)."""

@@ -5,9 +5,15 @@ import streamlit as st
 
 from fmnist import charts
 from fmnist.measure import measure_backends_isolated, side_by_side
+from fmnist.runs import config_label
 from pages import _state
 
 _state.ensure_navigation()
+
+
+def percent(value) -> float | None:
+    """A fraction as a percentage number, shown with two decimals like every page."""
+    return round(value * 100, 2) if isinstance(value, (int, float)) else None
 
 
 def run_rows(runs) -> list[dict]:
@@ -15,10 +21,11 @@ def run_rows(runs) -> list[dict]:
     for r in runs:
         s, c = r.summary, r.config
         rows.append({
-            "run": r.name, "preset": "shipped default" if r.is_default else (c.get("preset") or "custom"),
-            "architecture": c.get("arch"), "parameters": s.get("params"), "epochs": s.get("epochs_done"),
+            "run": r.name, "configuration": "shipped default" if r.is_default else config_label(c),
+            "training set": c.get("limit") or 60_000, "epochs": s.get("epochs_done"),
+            "test accuracy": percent(s.get("test_accuracy")), "validation accuracy": percent(s.get("best_val_accuracy")),
+            "architecture": c.get("arch"), "parameters": s.get("params"),
             "training time (s)": s.get("seconds"), "images/s": s.get("images_per_s"),
-            "validation accuracy": s.get("best_val_accuracy"), "test accuracy": s.get("test_accuracy"),
             "status": r.status + (f" ({r.reason})" if r.reason else ""),
         })
     return rows
@@ -29,10 +36,15 @@ runs = _state.all_runs()
 if not runs:
     st.info("No runs yet: train one on the Train page.")
     st.stop()
-pct = st.column_config.NumberColumn(format="percent")
+pct = st.column_config.NumberColumn(format="%.2f%%")
 st.subheader("Runs")
-st.caption("Click a column header to sort.")
-st.dataframe(run_rows(runs), hide_index=True, column_config={
+st.caption("Click a column header to sort; scroll sideways for architecture, size and speed. A preset "
+           "whose settings were changed is named with the changes, e.g. \"fast (custom: epochs 5)\".")
+st.dataframe(run_rows(runs), hide_index=True, key="cmp_runs_table", column_config={
+    "run": st.column_config.TextColumn(pinned=True),
+    "configuration": st.column_config.TextColumn(width="medium"),
+    "training set": st.column_config.NumberColumn(format="localized", help="Training images (a stratified "
+                                                  "subset when smaller than 60,000), validation included"),
     "validation accuracy": pct, "test accuracy": pct,
     "parameters": st.column_config.NumberColumn(format="localized")})
 
@@ -80,13 +92,18 @@ if measure:
 if bench_run in cache:
     st.caption(f"Measured on {cache[bench_run]['n']:,} test images, each backend as the model itself "
                "(no flip averaging). Latency: one image per call; throughput: all images in batches.")
-    st.dataframe(cache[bench_run]["rows"], hide_index=True, column_config={
+    rows = [{k: percent(v) if k in ("test accuracy", "agreement with Keras") else v for k, v in row.items()}
+            for row in cache[bench_run]["rows"]]
+    st.dataframe(rows, hide_index=True, column_config={
         "test accuracy": pct, "agreement with Keras": pct,
         "max prob. difference": st.column_config.NumberColumn(format="%.1e"),
         "latency p50 (ms)": st.column_config.NumberColumn(format="%.2f"),
         "latency p95 (ms)": st.column_config.NumberColumn(format="%.2f"),
         "throughput (img/s)": st.column_config.NumberColumn(format="localized"),
         "speed-up vs Keras": st.column_config.NumberColumn(format="%.2fx")})
+    if any("BF16" in str(row.get("backend", "")) for row in rows):
+        st.caption("OpenVINO BF16: the FP32 model run with bfloat16 arithmetic, measured only because this "
+                   "CPU supports it; not offered in the sidebar, since its answers differ slightly from FP32.")
     for name, reason in cache[bench_run].get("skipped", {}).items():
         st.caption(f"{name}: not measured ({reason})")
 else:

@@ -22,8 +22,12 @@ def gallery(items: list[dict], images: np.ndarray | None, limit: int, key: str) 
     if images is None:
         st.warning("The test images are not available (no Fashion-MNIST data on this server).")
         return
-    shown = items[:limit]
-    st.caption(f"Showing {len(shown)} of {len(items)}.")
+    pages = -(-len(items) // limit)
+    page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"{key}_page") if pages > 1 else 1
+    shown, page, pages = explore.page_of(items, page, limit)
+    first = (page - 1) * limit
+    st.caption(f"Showing {len(shown)} of {len(items)}"
+               + (f" (images {first + 1:,}-{first + len(shown):,}, page {page} of {pages})." if pages > 1 else "."))
     for start in range(0, len(shown), GALLERY_COLUMNS):
         cols = st.columns(GALLERY_COLUMNS)
         for col, item in zip(cols, shown[start:start + GALLERY_COLUMNS]):
