@@ -15,7 +15,7 @@ import pytest
 
 from tests import prereq
 
-pytestmark = pytest.mark.app
+pytestmark = [pytest.mark.app, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 

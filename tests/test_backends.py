@@ -19,6 +19,8 @@ from fmnist.backends import BACKENDS, REGISTRY, BackendError, backend_status, ge
 from fmnist.runs import DEFAULT_MODEL_DIR, MANIFEST, add_files, atomic_write_json, read_json, sha256_file, verify_run
 from tests.prereq import require
 
+pytestmark = pytest.mark.slow  # the module's run is trained and exported to OpenVINO first
+
 
 @pytest.fixture(scope="module")
 def dataset():

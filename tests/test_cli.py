@@ -19,6 +19,7 @@ def fmnist(*args, env=None, timeout=300):
                           timeout=timeout, env=full_env)
 
 
+@pytest.mark.slow
 def test_help_for_every_subcommand():
     top = fmnist("--help")
     assert top.returncode == 0
@@ -28,6 +29,7 @@ def test_help_for_every_subcommand():
         assert sub.returncode == 0 and "usage:" in sub.stdout
 
 
+@pytest.mark.slow
 def test_train_with_empty_data_dir_names_files_and_env_var(tmp_path):
     proc = fmnist("train", "--epochs", "1", env={"FMNIST_DATA_DIR": str(tmp_path)})
     assert proc.returncode != 0
@@ -37,6 +39,7 @@ def test_train_with_empty_data_dir_names_files_and_env_var(tmp_path):
     assert "FMNIST_DATA_DIR" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags,message", [
     (["--epochs", "1000000"], "epochs must be between"),
     (["--batch-size", "0"], "batch size must be between"),
@@ -48,6 +51,7 @@ def test_train_rejects_bad_hyperparameters(flags, message):
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_runs_and_predict_on_a_tiny_run(tiny_run, tmp_path):
     proc = fmnist("evaluate", str(tiny_run), "--json")
     assert proc.returncode == 0, proc.stderr
@@ -73,11 +77,13 @@ def test_evaluate_runs_and_predict_on_a_tiny_run(tiny_run, tmp_path):
     assert "Traceback" not in pred.stderr
 
 
+@pytest.mark.slow
 def test_missing_run_is_a_one_line_error():
     proc = fmnist("evaluate", "no-such-run-xyz")
     assert proc.returncode == 2 and "no run called" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_paper_one_epoch_on_real_data_writes_a_complete_run(real_data_dir, tmp_path):
     proc = fmnist("train", "--preset", "paper", "--epochs", "1", "--limit", "3000", "--no-export",

@@ -99,6 +99,7 @@ def test_make_splits_never_touches_the_test_set_and_limit_is_stratified():
     assert np.array_equal(ds.x_train[splits.val_index], splits.x_val)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_real_data_shapes_and_balance(real_dataset):
     assert real_dataset.x_train.shape == (60000, 28, 28) and real_dataset.x_test.shape == (10000, 28, 28)

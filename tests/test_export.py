@@ -12,6 +12,8 @@ from fmnist import data as fdata
 from fmnist import export as fexport
 from fmnist.runs import MANIFEST, checked_run, read_json, verify_run
 
+pytestmark = pytest.mark.slow  # trains and exports a run (FP32 and INT8)
+
 CONFIG = dict(arch="modern", widths=[8, 16, 16], epochs=2, batch_size=64, learning_rate=3e-3, seed=1)
 
 

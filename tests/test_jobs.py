@@ -13,6 +13,9 @@ import pytest
 from fmnist.data import synthetic_dataset
 from fmnist.jobs import JobManager
 from fmnist.training import TrainConfig
+from tests.waits import wait_until
+
+pytestmark = pytest.mark.slow  # every test trains (threads or child processes)
 
 TINY = dict(arch="modern", widths=[4, 8, 8], epochs=1, batch_size=64, val_fraction=0.1)
 
@@ -33,7 +36,9 @@ def test_one_job_at_a_time_with_queue_positions_and_no_cross_talk(threads, data,
     a = threads.submit(TrainConfig(**TINY), "session-a", runs_root=tmp_path, dataset=data)
     b = threads.submit(TrainConfig(**{**TINY, "seed": 1}), "session-b", runs_root=tmp_path, dataset=data)
     seen_b_waiting = False
+    deadline = time.monotonic() + 120
     while a.snapshot()["active"]:
+        assert time.monotonic() < deadline, f"job a still active after 120 s: {a.snapshot()['status']}"
         a_started = a.snapshot()["status"] != "queued"  # until the scheduler picks a up, b is 2nd
         snap_b = b.snapshot()
         if snap_b["status"] == "queued" and a_started:
@@ -56,8 +61,7 @@ def test_stop_within_a_batch_and_cancel_queued(threads, data, tmp_path):
     long = threads.submit(TrainConfig(**{**TINY, "epochs": 200, "batch_size": 8}), "s", runs_root=tmp_path,
                           dataset=data)
     queued = threads.submit(TrainConfig(**TINY), "s", runs_root=tmp_path, dataset=data)
-    while not long.snapshot()["last_batch"]:
-        time.sleep(0.02)
+    _first_batch(long)
     assert queued.snapshot()["queue_position"] == 1
     queued.stop()
     assert queued.snapshot()["status"] == "cancelled"
@@ -72,6 +76,16 @@ def test_stop_within_a_batch_and_cancel_queued(threads, data, tmp_path):
     assert final["run_dir"] and os.path.isdir(final["run_dir"])
 
 
+def _first_batch(job, timeout: float = 120) -> None:
+    """Until the job has trained its first batch; a job that ends before it fails with its message."""
+    def reached():
+        snap = job.snapshot()
+        assert snap["last_batch"] or snap["active"], f"job ended before its first batch: {snap['message']}"
+        return snap["last_batch"]
+
+    wait_until(reached, timeout, "the job's first batch")
+
+
 def test_invalid_config_is_refused_before_queueing(threads):
     with pytest.raises(ValueError, match="epochs"):
         threads.submit({**TINY, "epochs": 0}, "s")
@@ -84,8 +98,7 @@ def test_closed_session_job_is_stopped(data, tmp_path):
     try:
         job = manager.submit(TrainConfig(**{**TINY, "epochs": 200, "batch_size": 8}), "s", runs_root=tmp_path,
                              dataset=data)
-        while not job.snapshot()["last_batch"]:
-            time.sleep(0.02)
+        _first_batch(job)
         alive["s"] = False  # the tab closed
         final = manager.wait(job.id, 120)
         assert final["status"] == "stopped"
@@ -129,8 +142,7 @@ def test_child_process_train_classify_cycles_kill_and_memory(data, tmp_path):
         # kill: the child ends at once and its staging folder is removed
         job = manager.submit(TrainConfig(**{**TINY, "epochs": 200, "batch_size": 8}), "k", runs_root=tmp_path,
                              dataset=data)
-        while not job.snapshot()["last_batch"]:
-            time.sleep(0.05)
+        _first_batch(job)
         proc = manager._running[job.id]["proc"]
         manager.kill(job.id)
         final = manager.wait(job.id, 60)
@@ -156,10 +168,8 @@ def test_child_process_train_classify_cycles_kill_and_memory(data, tmp_path):
         assert rss[-1] - rss[0] < 24, rss
         assert max(b - a for a, b in zip(rss, rss[1:])) < 16, rss
         assert len(manager._jobs) <= 2  # forget_finished keeps the logs bounded
-        deadline = time.monotonic() + 10
-        while manager._running and time.monotonic() < deadline:  # the child is reaped just after its last event
-            time.sleep(0.05)
-        assert not manager._running
+        # the child is reaped just after its last event
+        wait_until(lambda: not manager._running, 10, "the last training child to be reaped")
         assert not _training_children(), "a training child process outlived its job"
     finally:
         manager.shutdown(timeout=60)

@@ -293,6 +293,7 @@ def round_trip_agreement(backend, originals: np.ndarray, rng: np.random.Generato
     return float((before == after).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_round_trip_prediction_matches_original(real_dataset):
     run = _round_trip_run()

@@ -30,6 +30,7 @@ def _rewrite_manifest(run_dir):
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
+@pytest.mark.slow
 def test_completed_run_verifies_and_loads(run_copy, tiny_dataset):
     info = verify_run(run_copy)
     assert info.status == "completed" and info.usable and info.reason == ""
@@ -39,6 +40,7 @@ def test_completed_run_verifies_and_loads(run_copy, tiny_dataset):
     assert np.allclose(probs, stored, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit", ["metrics", "truncate-model", "history"])
 def test_edited_or_truncated_files_are_refused(run_copy, edit):
     if edit == "metrics":
@@ -57,6 +59,7 @@ def test_edited_or_truncated_files_are_refused(run_copy, edit):
     assert listed[run_copy.name].status == "broken"
 
 
+@pytest.mark.slow
 def test_planted_h5_file_is_refused(run_copy):
     (run_copy / "model.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     info = verify_run(run_copy)
@@ -65,6 +68,7 @@ def test_planted_h5_file_is_refused(run_copy):
         load_model(run_copy)
 
 
+@pytest.mark.slow
 def test_config_naming_os_system_is_refused_even_with_a_matching_manifest(run_copy):
     config = json.loads((run_copy / "config.json").read_text())
     config["arch"] = "os.system"
@@ -74,6 +78,7 @@ def test_config_naming_os_system_is_refused_even_with_a_matching_manifest(run_co
         load_model(run_copy)
 
 
+@pytest.mark.slow
 def test_planted_lambda_layer_never_runs(run_copy, tmp_path):
     """A model.keras whose Lambda layer writes a marker file when deserialised: the project
     rebuilds the architecture from its own code and reads weights only, so the marker never appears."""
@@ -99,6 +104,7 @@ def test_planted_lambda_layer_never_runs(run_copy, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_run_without_manifest_is_not_loaded(run_copy):
     (run_copy / "manifest.json").unlink()
     assert verify_run(run_copy).status == "broken"
@@ -144,6 +150,7 @@ _WRITER_LOOP = textwrap.dedent("""
 KILL_OFFSETS_S = (0.0, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.08, 0.12, 0.2, 0.3, 0.5)
 
 
+@pytest.mark.slow
 def test_runs_killed_mid_write_are_complete_or_absent(tmp_path):
     """SIGKILL a process that keeps saving runs (and adding IR bundles) at fixed offsets after it
     reports that it has started writing: every listed run is complete and verified, and every
@@ -203,6 +210,7 @@ def _make_run(root, name: str):
     return w.commit({"status": "completed"})
 
 
+@pytest.mark.slow
 def test_two_processes_saving_into_one_root_at_once_never_corrupt_each_other(tmp_path):
     """Two processes commit runs into the same root and re-export the same run concurrently: every run
     is complete and verified, and the shared run's IR bundle is whole and from one writer."""

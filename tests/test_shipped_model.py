@@ -7,6 +7,7 @@ from fmnist.keras_backend import load_model
 from fmnist.runs import DEFAULT_MODEL_DIR, load_metrics, resolve_run, verify_run
 from fmnist.training import TrainConfig, predict_probabilities
 
+@pytest.mark.slow
 def test_shipped_model_verifies_and_is_the_default(shipped_model):
     info = verify_run(DEFAULT_MODEL_DIR)
     assert info.status == "completed" and info.reason == "" and info.is_default
@@ -17,6 +18,7 @@ def test_shipped_model_verifies_and_is_the_default(shipped_model):
     assert out.shape == (1, 10) and abs(out.sum() - 1) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_shipped_model_reaches_its_claimed_test_accuracy(shipped_model, real_dataset):
     claimed = load_metrics(DEFAULT_MODEL_DIR)["test_accuracy"]

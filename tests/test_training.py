@@ -8,6 +8,7 @@ from fmnist.runs import list_runs, load_history, verify_run
 from fmnist.training import PRESETS, TrainConfig, preset_config, train
 
 
+@pytest.mark.slow
 def test_one_epoch_emits_batch_epoch_and_finished_events(tiny_dataset, tmp_path):
     events = []
     result = train(TrainConfig(arch="paper", epochs=1, batch_size=64), tiny_dataset,
@@ -36,6 +37,7 @@ def test_one_epoch_emits_batch_epoch_and_finished_events(tiny_dataset, tmp_path)
     assert info.status == "completed" and info.reason == ""
 
 
+@pytest.mark.slow
 def test_stop_request_is_honoured_at_the_next_batch(tiny_dataset, tmp_path):
     stop = threading.Event()
     events = []
@@ -56,6 +58,7 @@ def test_stop_request_is_honoured_at_the_next_batch(tiny_dataset, tmp_path):
     assert info.summary["test_accuracy"] is not None
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_model(tiny_dataset):
     config = TrainConfig(arch="paper", epochs=1, batch_size=64, seed=7, augment_flip=True, augment_shift=2,
                          augment_scale=0.1)
@@ -85,6 +88,7 @@ def test_zoom_augmentation_scales_about_the_centre():
     assert np.abs(centre_y - 13.5).max() < 0.05 and np.abs(centre_x - 13.5).max() < 0.05
 
 
+@pytest.mark.slow
 def test_a_failing_listener_ends_as_a_failed_run_with_a_message(tiny_dataset, tmp_path):
     def broken(event):
         if event["kind"] == "epoch":
