@@ -41,6 +41,8 @@ KNOWN_PRIVATE: set[tuple[str, str]] = {
     ("tests/test_jobs.py", "_jobs"),  # the manager's internals instead of its public state
     ("tests/test_jobs.py", "_running"),
     ("tests/test_runs.py", "_manifest_for"),  # waits for one public manifest API
+    ("tests/test_app.py", "_manifest_for"),
+    ("tests/test_newcomer.py", "_state"),  # pages/_state.py, to be split by concern
     ("tests/test_training.py", "_learning_rate"),  # Keras's private schedule attribute
     ("tests/measure_app.py", "_start_training"),  # helpers of tests/test_browser.py
     ("tests/measure_app.py", "_classify_together"),
