@@ -86,16 +86,28 @@ def config_label(config: dict) -> str:
     preset = config.get("preset")
     if preset not in PRESETS:
         return f"custom {config.get('arch', '?')}"
+    from fmnist.models import DEFAULTS
+
     reference = TrainConfig(**PRESETS[preset]).to_dict()
+
+    def resolved(values: dict, name: str):
+        """None widths or dropout mean the architecture's defaults: equal to them, not a change."""
+        value = values.get(name, reference[name])
+        arch = values.get("arch", reference["arch"])
+        if name in ("widths", "dropout") and value is None and arch in DEFAULTS:
+            value = DEFAULTS[arch][name]
+        if name == "dropout" and isinstance(value, (int, float)):
+            value = (value, value)
+        return list(value) if isinstance(value, (list, tuple)) else value
+
     changes = []
     for name, short in _LABEL_FIELDS.items():
-        value, ref = config.get(name, reference[name]), reference[name]
-        if name == "widths" and value is None:
+        value, ref = resolved(config, name), resolved(reference, name)
+        if value == ref:
             continue
-        if isinstance(value, (list, tuple)) or isinstance(ref, (list, tuple)):
-            if list(value or []) != list(ref or []):
-                changes.append(f"{short} {','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}")
-        elif value != ref:
+        if isinstance(value, list):
+            changes.append(f"{short} {','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in value)}")
+        else:
             text = "all" if value is None else f"{value:,}" if isinstance(value, int) and not isinstance(
                 value, bool) else f"{value:g}" if isinstance(value, float) else str(value).lower()
             changes.append(f"{short} {text}")
