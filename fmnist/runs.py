@@ -361,7 +361,17 @@ def load_metrics(path: str | os.PathLike) -> dict:
 
 
 def load_test_probs(path: str | os.PathLike) -> np.ndarray:
-    return np.load(Path(path) / "test_probs.npy", allow_pickle=False)
+    """The run's (N, 10) test-set probabilities. A file that is not one (a tampered run whose manifest
+    was rewritten to match) raises ValueError naming it, never something a gallery would index."""
+    file = Path(path) / "test_probs.npy"
+    try:
+        probs = np.load(file, allow_pickle=False)
+    except ValueError as exc:  # pickled objects, not a .npy file
+        raise ValueError(f"{file.name} is not a numeric array ({exc})".splitlines()[0]) from exc
+    if probs.ndim != 2 or probs.shape[1] != 10 or probs.dtype.kind != "f" or not np.isfinite(probs).all():
+        raise ValueError(f"{file.name} holds a {probs.dtype} array of shape {probs.shape}, not (N, 10) "
+                         "probabilities")
+    return probs
 
 
 def verify_bundle(folder: Path) -> str:

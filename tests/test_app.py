@@ -5,7 +5,9 @@ replaced by a fake returning a drawing."""
 
 from __future__ import annotations
 
-import os
+import json
+import re
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests import prereq
+from tests.waits import wait_until
 
 pytestmark = [pytest.mark.app, pytest.mark.slow]
 
@@ -28,6 +31,14 @@ def needs_data(monkeypatch) -> Path:
     return folder
 
 
+# What the fake canvas returns, 280x280 RGBA: a trouser silhouette in white on black (a waistband
+# and two legs), which the shipped model calls Trouser on every backend (about 0.9).
+FAKE_DRAWING = np.zeros((280, 280, 4), np.uint8)
+FAKE_DRAWING[30:60, 105:175] = 255
+FAKE_DRAWING[30:250, 105:135] = 255
+FAKE_DRAWING[30:250, 145:175] = 255
+
+
 class FakeCanvasResult:
     def __init__(self, image_data):
         self.image_data = image_data
@@ -36,9 +47,8 @@ class FakeCanvasResult:
 
 @pytest.fixture
 def fake_canvas(monkeypatch):
-    """A stand-in streamlit_drawable_canvas whose canvas holds a white bar (a trouser-like stroke)."""
-    image = np.zeros((280, 280, 4), np.uint8)
-    image[40:240, 110:170] = [255, 255, 255, 255]
+    """A stand-in streamlit_drawable_canvas whose canvas holds FAKE_DRAWING."""
+    image = FAKE_DRAWING
     module = types.ModuleType("streamlit_drawable_canvas")
     calls = []
 
@@ -136,34 +146,165 @@ def test_train_page_widgets_bounds_and_bad_input(app):
     assert app.button(key="train_start").disabled is True
 
 
-def test_results_page_metrics_and_cell_gallery(needs_data, app):
+def _shown_indices(at, true_name: str, pred_name: str) -> list[int]:
+    """Test indices in the gallery captions ("#123 Shirt → T-shirt/top (87%)"), in display order."""
+    pattern = re.compile(rf"^#(\d+) {re.escape(true_name)} → {re.escape(pred_name)} \(")
+    (tab,) = [t for t in at.tabs if t.label == "Confusion matrix"]  # not the Misclassified gallery
+    return [int(m.group(1)) for image in tab.get("image") for c in image.captions
+            if (m := pattern.match(c or ""))]
+
+
+def test_results_page_off_diagonal_cell_shows_exactly_those_test_images(needs_data, shipped_model, app):
+    """True Shirt predicted as T-shirt/top: the gallery holds exactly the test items whose label is
+    Shirt and whose stored prediction is T-shirt/top, most confident first (a row/column swap in
+    the page or in fmnist.evaluation.cell_items shows other items)."""
+    from fmnist.data import CLASS_NAMES, load_fashion_mnist
+
     goto(app, "results")
     labels = [m.label for m in app.metric]
     assert "Test accuracy" in labels and "Train − val gap" in labels
-    assert app.toggle(key="res_normalise") is not None
-    app.selectbox(key="res_pick_true").set_value("Trouser").run()
-    app.selectbox(key="res_pick_pred").set_value("Trouser").run()
+    y = load_fashion_mnist(needs_data).y_test
+    probs = np.load(shipped_model / "test_probs.npy")
+    shirt, tshirt = CLASS_NAMES.index("Shirt"), CLASS_NAMES.index("T-shirt/top")
+    cell = np.flatnonzero((y == shirt) & (probs.argmax(1) == tshirt))
+    expected = cell[np.argsort(-probs[cell, tshirt], kind="stable")].tolist()
+    assert len(expected) > 48  # more than one gallery page: the paging is exercised too
+    app.selectbox(key="res_pick_true").set_value("Shirt").run()
+    app.selectbox(key="res_pick_pred").set_value("T-shirt/top").run()
     assert not app.exception
-    assert "True Trouser predicted as Trouser" in texts(app)
-    app.selectbox(key="res_mis_class").set_value("Shirt").run()
-    assert not app.exception
+    assert f"True Shirt predicted as T-shirt/top: {len(expected):,} images" in texts(app)
+    assert _shown_indices(app, "Shirt", "T-shirt/top") == expected[:48]
+    assert f"Showing 48 of {len(expected)}" in texts(app)
+    app.number_input(key="cell_page").set_value(2).run()
+    assert _shown_indices(app, "Shirt", "T-shirt/top") == expected[48:96]
+    # and the transposed cell is a different set: true T-shirt/top predicted as Shirt
+    app.selectbox(key="res_pick_true").set_value("T-shirt/top").run()
+    app.selectbox(key="res_pick_pred").set_value("Shirt").run()
+    swapped = np.flatnonzero((y == tshirt) & (probs.argmax(1) == shirt))
+    shown = _shown_indices(app, "T-shirt/top", "Shirt")
+    assert shown and set(shown) <= set(swapped.tolist()) and not set(shown) & set(expected)
 
 
-def test_classify_page_draws_and_predicts(needs_data, app, fake_canvas):
+def test_results_normalise_toggle_shows_row_shares(needs_data, app):
+    goto(app, "results")
+
+    def cell_texts() -> list[str]:
+        """The confusion matrix's 100 cell labels (its heatmap trace's text)."""
+        for chart in app.get("plotly_chart"):
+            for trace in json.loads(chart.proto.spec)["data"]:
+                if trace.get("type") == "heatmap":
+                    return [t for row in trace["text"] for t in row]
+        return []
+
+    counts = cell_texts()
+    assert counts and all(t.isdigit() for t in counts)
+    app.toggle(key="res_normalise").set_value(True).run()
+    shares = cell_texts()
+    assert not app.exception and len(shares) == 100 and all(t.endswith("%") for t in shares)
+
+
+def _drawn_input(fake_canvas_image: np.ndarray) -> np.ndarray:
+    from fmnist.preprocess import prepare_drawing
+
+    return prepare_drawing(fake_canvas_image).input
+
+
+@pytest.mark.parametrize("backend,shown", [("keras", "keras (fp32)"), ("openvino-fp32", "openvino-fp32 (fp32)"),
+                                           ("openvino-int8", "openvino-int8 (int8)")])
+def test_classify_with_each_backend_picked_in_the_sidebar(needs_data, shipped_model, app, fake_canvas,
+                                                          backend, shown):
+    """The sidebar's backend is the one that answers (named in the caption), and its answer is
+    that backend's own class for the drawing (a trouser silhouette: Trouser)."""
+    from fmnist.backends import get_backend
+    from fmnist.data import CLASS_NAMES
+
+    app.selectbox(key="backend").set_value(backend).run()
     goto(app, "classify")
-    assert fake_canvas and fake_canvas[-1]["return_image_data"] is True
-    out = texts(app)
-    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot")
-    assert any(f"### {c}" in m.value for m in app.markdown for c in classes)
-    assert "ms" in out  # the backend's latency
+    expected = get_backend(shipped_model, backend).predict_proba(_drawn_input(FAKE_DRAWING)[None])[0]
+    assert f"### {CLASS_NAMES[int(expected.argmax())]}" in [m.value for m in app.markdown]
+    assert CLASS_NAMES[int(expected.argmax())] == "Trouser"
+    assert any(shown in c.value for c in app.caption), [c.value for c in app.caption]
+    assert not app.warning, [w.value for w in app.warning]  # no fallback to another backend
     app.button(key="draw_clear").click().run()
     assert not app.exception and app.session_state["canvas_version"] == 1  # a fresh, empty canvas
-    assert fake_canvas[-1]["key"] == "canvas_1"
+    assert fake_canvas[-1]["key"] == "canvas_1" and fake_canvas[-1]["return_image_data"] is True
+
+
+def test_train_in_the_app_with_export_then_classify_that_run_with_openvino(needs_data, app, fake_canvas):
+    """The production path: a training started on the Train page (export on, as served), which
+    becomes the current run, then answers the drawing through OpenVINO FP32 and INT8."""
+    from fmnist.backends import get_backend
+    from fmnist.data import CLASS_NAMES
+    from fmnist.jobs import get_manager
+    from fmnist.runs import verify_run
+
+    manager = get_manager()
+    assert manager.export, "the app's job manager must export finished runs"
+    goto(app, "train")
+    app.radio(key="train_preset").set_value("custom").run()
+    app.text_input(key="train_custom_widths_modern").set_value("8,16,16").run()
+    app.number_input(key="train_custom_epochs").set_value(1).run()
+    app.number_input(key="train_custom_limit").set_value(1000).run()
+    app.number_input(key="train_custom_batch").set_value(100).run()
+    app.button(key="train_start").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    job = wait_until(lambda: manager.get(app.session_state["job_id"]) if "job_id" in app.session_state else None,
+                     60, "the job to be submitted")
+    final = manager.wait(job.id, 300)
+    assert final["status"] == "completed", final["message"]
+    run_dir = Path(final["run_dir"])
+    assert verify_run(run_dir).bundles.get("openvino") == "ok"  # exported: FP32 and INT8
+    app.run()  # the finished run becomes the current one
+    assert app.session_state["current_run"] == run_dir.name
+    for backend, precision in (("openvino-fp32", "fp32"), ("openvino-int8", "int8")):
+        app.selectbox(key="backend").set_value(backend).run()
+        goto(app, "classify")
+        expected = get_backend(run_dir, backend).predict_proba(_drawn_input(FAKE_DRAWING)[None])[0]
+        assert f"### {CLASS_NAMES[int(expected.argmax())]}" in [m.value for m in app.markdown]
+        assert any(f"{backend} ({precision})" in c.value for c in app.caption)
+        assert any(run_dir.name in c.value for c in app.caption)  # that run, not the shipped model
+        assert not app.warning, [w.value for w in app.warning]
+
+
+@pytest.mark.parametrize("tamper", ["pickled objects", "three columns", "one dimension", "not numpy"])
+def test_tampered_test_probs_with_a_rewritten_manifest_is_reported_not_crashed(needs_data, app, tmp_path,
+                                                                             monkeypatch, tamper):
+    """test_probs.npy replaced and the manifest rewritten to match: the Results page says the
+    probabilities are unusable and never raises (a gallery needs them)."""
+    import io
+
+    from fmnist import runs
+    from fmnist.runs import DEFAULT_MODEL_DIR
+
+    root = tmp_path / "runs"
+    run = root / "20260101-000000-tampered-abcd"
+    shutil.copytree(DEFAULT_MODEL_DIR, run)
+    buf = io.BytesIO()
+    if tamper == "pickled objects":
+        np.save(buf, np.array([{"a": 1}] * 10_000, dtype=object), allow_pickle=True)
+    elif tamper == "three columns":
+        np.save(buf, np.full((10_000, 3), 1 / 3, np.float32))
+    elif tamper == "one dimension":
+        np.save(buf, np.zeros(10_000, np.float32))
+    else:
+        buf.write(b"this is not a numpy file")
+    (run / "test_probs.npy").write_bytes(buf.getvalue())
+    (run / "manifest.json").write_text(json.dumps(runs._manifest_for(run)))
+    assert runs.verify_run(run).usable  # the manifest matches: only the content can tell
+    with pytest.raises(ValueError, match="test_probs.npy"):
+        runs.load_test_probs(run)
+    monkeypatch.setenv("FMNIST_RUNS_DIR", str(root))
+    goto(app, "results")
+    app.selectbox(key="current_run").set_value(run.name).run()
+    app.selectbox(key="res_pick_true").set_value("Shirt").run()
+    app.selectbox(key="res_pick_pred").set_value("T-shirt/top").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert "True Shirt predicted as T-shirt/top" in texts(app)
+    assert any("test probabilities" in w.value for w in app.warning), [w.value for w in app.warning]
 
 
 def test_compare_page(app):
     goto(app, "compare")
     assert app.dataframe
-    assert app.button(key="cmp_measure") is not None
-
+    measure = app.button(key="cmp_measure")
+    assert measure.label == "Measure" and not measure.disabled
