@@ -138,6 +138,8 @@ class Job:
             if kind == "batch":
                 self.status = "running"
                 self.last_batch = event
+                if self.status_message == STATUS_COMPILING:
+                    self.status_message = "training"  # compiled: the first batch is done
                 self._seen_batches += 1
                 if (self._seen_batches - 1) % self._stride == 0:
                     self.batches.append((event["global_step"], event["batch_loss"], event["batch_accuracy"]))
