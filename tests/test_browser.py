@@ -104,12 +104,13 @@ def open_page(browser, url: str, width: int = 1400):
 
 
 def wait_idle(page, timeout: float = 60.0) -> None:
-    """Until the app has rendered and its script is no longer running."""
+    """Until the app has rendered, its script is no longer running and no element is left stale
+    from the previous run (Streamlit marks those data-stale="true" until the rerun replaces them)."""
     page.wait_for_selector("[data-testid='stApp']")
     page.wait_for_selector("h1", timeout=timeout * 1000)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+    page.wait_for_function("""() => !document.querySelector('[data-testid="stStatusWidget"]')
+                                    && !document.querySelector('[data-stale="true"]')""",
                            timeout=timeout * 1000)
-    time.sleep(0.3)
 
 
 def assert_no_errors(page) -> None:
@@ -144,8 +145,6 @@ def test_upload_names_are_shown_literally_and_never_used_as_paths(server, browse
     """Hostile upload names (path traversal, markdown, a script link) are only ever displayed, as
     text; a text file renamed .png gets a clear message; nothing is written anywhere."""
     page = open_page(browser, f"{server['url']}/classify")
-    if page.get_by_text("No trained model yet").count():
-        pytest.skip("needs a model: the shipped default")
     before = {p for p in server["runs"].rglob("*")} | {p for p in Path(ROOT).iterdir()}
     evil = "../../../../tmp/fmnist-owned **bold** [link](javascript:alert(1)).png"
     targets = [Path("/tmp/fmnist-owned **bold** [link](javascript:alert(1)).png"), Path("/tmp/fmnist-owned")]
@@ -175,8 +174,6 @@ def test_compare_measures_the_backends_side_by_side(server, browser):
     """Compare -> Measure: the backends of the current run timed in a separate process, with
     progress, as one table row per backend."""
     page = open_page(browser, f"{server['url']}/compare")
-    if page.get_by_text("No runs yet").count():
-        pytest.skip("needs a model: the shipped default")
     page.locator(".st-key-cmp_measure button").click()
     page.get_by_text(re.compile(r"Measured on [\d,]+ test images")).wait_for(timeout=240_000)
     wait_idle(page)
@@ -189,6 +186,73 @@ def test_compare_measures_the_backends_side_by_side(server, browser):
                           ".querySelector('table')?.innerText || ''")
     for backend in ("Keras", "OpenVINO FP32", "OpenVINO INT8"):
         assert backend in cells + text
+    page.close()
+
+
+VISIBLE_CAPTIONS = """() => Array.from(document.querySelectorAll('[data-testid="stImageCaption"]'))
+    .filter(el => el.offsetParent !== null).map(el => el.innerText.trim())"""
+
+
+def test_clicking_an_off_diagonal_cell_shows_exactly_those_test_images(server, browser):
+    """Results with the shipped model: a click on the cell in row Shirt, column T-shirt/top (the
+    figure's orientation: rows true, columns predicted) shows the test items whose label is Shirt
+    and whose stored prediction is T-shirt/top, most confident first, and no others."""
+    from fmnist.data import load_fashion_mnist
+
+    y = load_fashion_mnist(DATA_DIR).y_test
+    probs = np.load(SHIPPED / "test_probs.npy")
+    true, predicted = CLASSES.index("Shirt"), CLASSES.index("T-shirt/top")
+    cell = np.flatnonzero((y == true) & (probs.argmax(1) == predicted))
+    expected = cell[np.argsort(-probs[cell, predicted], kind="stable")].tolist()
+    page = open_page(browser, f"{server['url']}/results")
+    page.get_by_role("tab", name="Confusion matrix").click()
+    chart = page.locator("[class*='st-key-res_confusion_'] .js-plotly-plot")
+    chart.wait_for()
+    box = chart.locator(".nsewdrag").first.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * (predicted + 0.5) / 10, box["y"] + box["height"] * (true + 0.5) / 10)
+    page.get_by_text(f"True Shirt predicted as T-shirt/top: {len(expected):,} images").wait_for(timeout=30_000)
+    wait_idle(page)
+    shown = [int(re.match(r"#(\d+) Shirt → T-shirt/top", c).group(1)) for c in page.evaluate(VISIBLE_CAPTIONS)]
+    assert shown == expected[:48]
+    assert page.get_by_text(f"Showing {min(48, len(expected))} of {len(expected)}").count() == 1
+    assert_no_errors(page)
+    page.close()
+
+
+def test_a_real_size_photo_is_classified_and_an_oversized_file_is_refused(server, browser):
+    """A 12-megapixel JPEG phone photo of a trouser goes through the app to the pipeline's answer;
+    a file over the server's 10 MB upload limit is refused by the uploader with its message."""
+    from PIL import Image
+
+    from fmnist.backends import get_backend
+    from fmnist.data import load_fashion_mnist
+    from fmnist.preprocess import prepare_photo_bytes
+
+    item = known_item(load_fashion_mnist(DATA_DIR), "Trouser")
+    rng = np.random.default_rng(4)
+    canvas = np.full((3000, 4000, 3), 235, np.float32) + rng.normal(0, 6, (3000, 4000, 1))  # a grey-white sheet
+    big = np.asarray(Image.fromarray(255 - item).resize((2000, 2000), Image.BICUBIC), np.float32)
+    canvas[500:2500, 1000:3000] = np.minimum(canvas[500:2500, 1000:3000], big[..., None])
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=92)
+    photo = buf.getvalue()
+    assert 1_000_000 < len(photo) < 10_000_000
+    answer = get_backend(SHIPPED, "openvino-fp32").predict_proba(prepare_photo_bytes(photo).input[None])[0]
+    assert CLASSES[int(answer.argmax())] == "Trouser"
+
+    page = open_page(browser, f"{server['url']}/classify")
+    uploader = page.locator("[data-testid='stFileUploaderDropzoneInput']")
+    uploader.set_input_files(files=[{"name": "phone.jpg", "mimeType": "image/jpeg", "buffer": photo}])
+    page.get_by_text("Model input (28x28)").wait_for(timeout=120_000)
+    wait_idle(page)
+    assert page.locator("[data-testid='stMain'] h3").first.inner_text() == "Trouser"
+    assert_no_errors(page)
+    uploader.set_input_files(files=[{"name": "huge.jpg", "mimeType": "image/jpeg",
+                                     "buffer": photo[:2] + bytes(11 * 1024 * 1024)}])
+    page.get_by_text(re.compile(r"File must be [\d.]+ ?MB or smaller")).wait_for(timeout=30_000)
+    wait_idle(page)
+    assert page.get_by_text("huge.jpg", exact=False).count() >= 1  # listed, with the refusal
+    assert page.get_by_text("Model input (28x28)").count() == 1  # only the photo was classified
     page.close()
 
 
@@ -264,13 +328,43 @@ def test_training_live_chart_then_results_and_confusion_gallery(server, browser)
     page.close()
 
 
+# Canvas strokes (280x280 canvas, default 18 px pen): a waistband and two legs, each two strokes
+# wide. Offline, fmnist.preprocess.prepare_drawing of these strokes gives Trouser (0.89) with the
+# shipped model.
+TROUSER_STROKES = [((105, 42), (175, 42)), ((105, 54), (175, 54)), ((114, 42), (114, 245)),
+                   ((124, 42), (124, 245)), ((156, 42), (156, 245)), ((166, 42), (166, 245))]
+
+
+def photo_of(item: np.ndarray) -> bytes:
+    """A test item as an upload: dark on white like a product photo, PNG."""
+    return png_bytes(255 - item)
+
+
+def known_item(ds, class_name: str, skip: int = 0) -> np.ndarray:
+    """A test item of `class_name` that the shipped model (OpenVINO FP32, the app's default backend)
+    answers correctly after the app's photo pipeline: an upload whose right answer is known."""
+    from fmnist.backends import get_backend
+    from fmnist.preprocess import prepare_photo_bytes
+
+    label = CLASSES.index(class_name)
+    backend = get_backend(SHIPPED, "openvino-fp32")
+    found = 0
+    for index in np.flatnonzero(ds.y_test == label)[:50]:
+        prepared = prepare_photo_bytes(photo_of(ds.x_test[index]))
+        if int(backend.predict_proba(prepared.input[None])[0].argmax()) == label:
+            if found == skip:
+                return ds.x_test[index]
+            found += 1
+    raise AssertionError(f"no test item of {class_name} that the shipped model answers correctly")
+
+
 def _classify_together(pages, images, tag: str, nth: int) -> tuple[list[str], list[float]]:
     """Both sessions upload at the same moment (session i: `session{i}{tag}.png`, a dark item on
     white like a photo); returns each session's predicted class and seconds to its answer."""
     t0 = time.monotonic()
     for i, (page, image) in enumerate(zip(pages, images)):
         page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(
-            files=[{"name": f"session{i}{tag}.png", "mimeType": "image/png", "buffer": png_bytes(255 - image)}])
+            files=[{"name": f"session{i}{tag}.png", "mimeType": "image/png", "buffer": photo_of(image)}])
     done: dict[int, float] = {}
     while len(done) < len(pages):
         for i, page in enumerate(pages):
@@ -301,14 +395,15 @@ def test_upload_draw_and_sessions_during_training_with_stop(server, browser):
     for idx in (0, 1):
         p = open_page(browser, f"{server['url']}/classify")
         pages.append(p)
-    if pages[0].get_by_text("No trained model yet").count():
-        pytest.skip("needs a model: the shipped default or the run trained by the previous test")
-    first, warm = _classify_together(pages, [ds.x_test[0], ds.x_test[1]], "a", 1)  # loads the model
-    again, seconds = _classify_together(pages, [ds.x_test[2], ds.x_test[3]], "b", 2)
-    third, more = _classify_together(pages, [ds.x_test[4], ds.x_test[5]], "c", 3)
+    # each session uploads items of its own classes; each must see its own item's class
+    rounds = [("Trouser", "Bag"), ("Sneaker", "Dress"), ("Ankle boot", "Pullover")]
+    items = [[known_item(ds, cls) for cls in pair] for pair in rounds]
+    first, warm = _classify_together(pages, items[0], "a", 1)  # loads the model
+    again, seconds = _classify_together(pages, items[1], "b", 2)
+    third, more = _classify_together(pages, items[2], "c", 3)
     seconds += more
+    assert [first, again, third] == [list(pair) for pair in rounds]  # no session got the other's answer
     for i, p in enumerate(pages):
-        assert first[i] in CLASSES and again[i] in CLASSES and third[i] in CLASSES
         mine = [f"session{i}a.png", f"session{i}b.png", f"session{i}c.png"]
         assert sorted(p.locator("[data-testid='stFileChipName']").all_inner_texts()) == mine
         assert [t for t in p.locator("[data-testid='stMain'] strong").all_inner_texts() if ".png" in t] == mine
@@ -324,25 +419,26 @@ def test_upload_draw_and_sessions_during_training_with_stop(server, browser):
     # asserted is that every answer arrives, for the right session, while the training runs.
     assert max(seconds) < 30.0
 
-    # drawing strokes on the canvas shows a prediction
+    # a trouser silhouette drawn on the canvas (waistband, two legs) is answered Trouser
     drawer = pages[0]
     drawer.get_by_role("tab", name="Draw").click()
     canvas = drawer.locator("canvas.upper-canvas").first
     canvas.wait_for()
     box = canvas.bounding_box()
-    drawer.mouse.move(box["x"] + 80, box["y"] + 60)
-    drawer.mouse.down()
-    for k in range(12):
-        drawer.mouse.move(box["x"] + 80 + k * 10, box["y"] + 60 + k * 12)
-    drawer.mouse.up()
+    for (x0, y0), (x1, y1) in TROUSER_STROKES:
+        drawer.mouse.move(box["x"] + x0, box["y"] + y0)
+        drawer.mouse.down()
+        for k in range(1, 11):
+            drawer.mouse.move(box["x"] + x0 + (x1 - x0) * k / 10, box["y"] + y0 + (y1 - y0) * k / 10)
+        drawer.mouse.up()
     drawer.locator(".st-key-bars_draw").wait_for(timeout=30_000)
+    wait_idle(drawer)
+    assert drawer.locator("[data-testid='stMain'] h3").last.inner_text() == "Trouser"
     assert_no_errors(drawer)
 
-    # the trainer clicks widgets and leaves the page; the training keeps going
+    # the form is locked while the job runs; the trainer leaves the page and the training keeps going
     before = _batches_drawn(trainer)
-    for _ in range(5):
-        trainer.get_by_text("paper", exact=True).click()
-        trainer.get_by_text("custom", exact=True).click()
+    assert trainer.locator(".st-key-train_preset input").first.is_disabled()
     trainer.get_by_role("link", name="Data").click()
     wait_idle(trainer)
     trainer.get_by_role("link", name="Train").click()

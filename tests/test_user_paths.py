@@ -285,7 +285,7 @@ def test_predict_without_run_uses_the_shipped_model(shipped_model, tmp_path):
     (answer,) = json.loads(proc.stdout)
     expected = get_backend(shipped_model, "keras").predict_proba(image)[0]
     assert answer["label"] == int(expected.argmax()) and answer["class_name"] == CLASS_NAMES[answer["label"]]
-    assert np.abs(np.array(answer["probabilities"]) - expected).max() <= 1e-5
+    assert np.abs(np.array(answer["probabilities"]) - expected).max() <= 1e-4  # OpenVINO FP32 or Keras
     assert answer["class_name"] == "Trouser"
 
 
