@@ -237,7 +237,8 @@ def compile_model(config: TrainConfig, steps_per_epoch: int):
 
 def _callbacks(config: TrainConfig, emit: Listener, stop_event: threading.Event | None, steps_per_epoch: int,
                n_train: int, history: dict):
-    """(progress, stop request, divergence, best weights) callbacks, built where Keras is imported."""
+    """(progress, divergence, stop request, best weights, skip validation after a stop) callbacks,
+    built where Keras is imported."""
     import keras
 
     class ProgressEvents(keras.callbacks.Callback):
@@ -290,7 +291,9 @@ def _callbacks(config: TrainConfig, emit: Listener, stop_event: threading.Event 
                 "images_per_s": self.seen / max(train_seconds, 1e-9),
             }
             if self.model.stop_training:
-                row["partial"] = True  # cut short by a stop request: metrics cover part of the epoch
+                # Cut short by a stop: training metrics cover part of the epoch, and validation was
+                # cut after its first batch (SkipValidationAfterStop), so it is not reported.
+                row.update(partial=True, val_loss=None, val_accuracy=None)
             history["epochs"].append(row)
             emit({"kind": "epoch", **row})
 
@@ -302,6 +305,15 @@ def _callbacks(config: TrainConfig, emit: Listener, stop_event: threading.Event 
         def on_train_batch_end(self, batch, logs=None):
             if stop_event is not None and stop_event.is_set() and not self.model.stop_training:
                 self.requested = self.model.stop_training = True
+
+    class SkipValidationAfterStop(keras.callbacks.Callback):
+        """After a stop, ends the cut-short epoch's validation at its first batch: its figures are
+        never used (best weights come from whole epochs), and a full pass delays "Stopped" by
+        seconds on a slow CPU."""
+
+        def on_test_batch_end(self, batch, logs=None):
+            if self.model.stop_training:
+                self.model.stop_evaluating = True
 
     class StopOnDivergence(keras.callbacks.Callback):
         """Ends training when the loss stops being a finite number."""
@@ -325,7 +337,7 @@ def _callbacks(config: TrainConfig, emit: Listener, stop_event: threading.Event 
                 self.best_weights = self.model.get_weights()
 
     # Progress first, so that the batch that stops training is still reported.
-    return ProgressEvents(), StopOnDivergence(), StopOnRequest(), KeepBestWeights()
+    return ProgressEvents(), StopOnDivergence(), StopOnRequest(), KeepBestWeights(), SkipValidationAfterStop()
 
 
 @dataclass
@@ -352,9 +364,9 @@ def fit(config: TrainConfig, splits: fdata.Splits, emit: Listener, history: dict
     model = compile_model(config, steps_per_epoch)
     train_ds = make_train_dataset(splits.x_train, splits.y_train, config)
     val_ds = make_eval_dataset(splits.x_val, splits.y_val) if len(splits.x_val) else None
-    progress, divergence, request, best = _callbacks(config, emit, stop_event, steps_per_epoch,
-                                                     len(splits.x_train), history)
-    callbacks = [progress, divergence, request, best]
+    progress, divergence, request, best, skip_validation = _callbacks(config, emit, stop_event, steps_per_epoch,
+                                                                      len(splits.x_train), history)
+    callbacks = [progress, divergence, request, best, skip_validation]
     if tensorboard_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir)))
     emit({"kind": "start", "epochs": config.epochs, "steps_per_epoch": steps_per_epoch,
