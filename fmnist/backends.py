@@ -24,7 +24,6 @@ keyed by run path, backend name and the run's manifest hash), so the app can cal
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import threading
@@ -37,7 +36,8 @@ from fmnist.keras_backend import KerasBackend
 from fmnist.openvino_ir import IR_FILES, OV_DIR, read_export_info
 # BackendError and as_batch are fmnist.predictor's; callers also import them from here.
 from fmnist.predictor import BackendError, Predictor, as_batch  # noqa: F401
-from fmnist.runs import BUNDLE_MANIFEST, MANIFEST, RunError, checked_run, read_json
+from fmnist.runs import (BUNDLE_MANIFEST, RunError, checked_run, entry_mismatch, file_entry, manifest_digest,
+                         manifest_files, read_json)
 
 BACKENDS = ("keras", "openvino-fp32", "openvino-int8")
 OPTIONAL_BACKENDS = ("openvino-bf16",)  # where the CPU supports bf16; not offered by default
@@ -65,11 +65,11 @@ def _read_checked(run_dir: Path, rel: str, bundle_files: dict, export_files: dic
         data = (run_dir / rel).read_bytes()
     except OSError as exc:
         raise BackendError(f"cannot read {run_dir / rel}: {exc.strerror or exc}") from exc
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != entry.get("bytes"):
+    actual = file_entry(data)
+    if entry_mismatch(entry, actual) == "size":
         raise BackendError(f"refusing to load {run_dir}: {rel} has changed size since it was exported "
                            f"(truncated or edited); export again with `python -m fmnist export {run_dir} --force`")
-    if digest != entry.get("sha256") or digest != recorded.get("sha256"):
+    if entry_mismatch(entry, actual) or actual["sha256"] != recorded.get("sha256"):
         raise BackendError(f"refusing to load {run_dir}: {rel} does not match its recorded sha256 "
                            f"(modified after export); export again with `python -m fmnist export {run_dir} --force`")
     return data
@@ -89,12 +89,12 @@ def read_verified_ir(run_dir: Path, ir: str) -> tuple[bytes, bytes]:
         raise BackendError(f"run {run_dir} has no OpenVINO {ir.upper()} export yet: run "
                            f"`python -m fmnist export {run_dir}{flag}`")
     try:
-        manifest_files = read_json(run_dir / MANIFEST).get("files", {})
-        bundle_files = read_json(run_dir / OV_DIR / BUNDLE_MANIFEST).get("files", {})
-    except (OSError, ValueError, AttributeError) as exc:
+        run_files = manifest_files(run_dir)
+        bundle_files = manifest_files(run_dir / OV_DIR, BUNDLE_MANIFEST)
+    except (OSError, ValueError) as exc:
         raise BackendError(f"the OpenVINO export of {run_dir} has no valid {BUNDLE_MANIFEST}: run "
                            f"`python -m fmnist export {run_dir} --force`") from exc
-    if info.get("source_sha256") != (manifest_files.get("model.keras") or {}).get("sha256"):
+    if info.get("source_sha256") != (run_files.get("model.keras") or {}).get("sha256"):
         raise BackendError(f"the OpenVINO export of {run_dir} is older than its model.keras: run "
                            f"`python -m fmnist export {run_dir} --force`")
     recorded = info.get("files") or {}
@@ -301,7 +301,7 @@ class BackendRegistry:
     @staticmethod
     def _fingerprint(run_dir: Path, files) -> tuple:
         try:
-            parts = [hashlib.sha256((run_dir / MANIFEST).read_bytes()).hexdigest()]
+            parts = [manifest_digest(run_dir)]
             for rel in files:
                 st = os.stat(run_dir / rel)
                 parts.append((rel, st.st_size, st.st_mtime_ns))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import sys
@@ -45,7 +44,7 @@ import numpy as np
 from fmnist import openvino_ir
 from fmnist.openvino_ir import (EXPORT_FORMAT, EXPORT_JSON, INPUT_NAME, IR_FILES, OUTPUT_NAME, OV_DIR,
                                 read_export_info)
-from fmnist.runs import BUNDLE_MANIFEST, MANIFEST, RunError, add_files, checked_run, read_json, verify_bundle
+from fmnist.runs import BUNDLE_MANIFEST, RunError, add_files, checked_run, file_entry, manifest_files, verify_bundle
 
 MIN_CALIBRATION = 300
 CALIBRATION_SIZE = 1000
@@ -58,21 +57,16 @@ class ExportError(Exception):
     """The run cannot be exported (not a usable run, no calibration data, conversion failed)."""
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _source_sha(run_dir: Path) -> str:
-    entry = read_json(run_dir / MANIFEST)["files"].get("model.keras") or {}
+    entry = manifest_files(run_dir).get("model.keras") or {}
     return str(entry.get("sha256", ""))
 
 
 def _bundle_files(run_dir: Path) -> dict:
     """{path inside openvino/: {sha256, bytes}} from the bundle's own manifest ({} when absent)."""
     try:
-        files = read_json(run_dir / OV_DIR / BUNDLE_MANIFEST)["files"]
-        return files if isinstance(files, dict) else {}
-    except (OSError, ValueError, KeyError, TypeError):
+        return manifest_files(run_dir / OV_DIR, BUNDLE_MANIFEST)
+    except (OSError, ValueError):
         return {}
 
 
@@ -268,7 +262,7 @@ def export_run(run_dir: str | Path, calibration_images: np.ndarray | None = None
                 if rel in (previous.get("files") or {}):
                     record["files"][rel] = previous["files"][rel]
     for rel, data in contents.items():
-        record["files"][rel] = {"sha256": _sha256(data), "bytes": len(data)}
+        record["files"][rel] = file_entry(data)
     record["seconds"] = round(time.perf_counter() - t0, 2)
     say("writing IR files into the run")
     add_files(run_dir, {**contents, EXPORT_JSON: json.dumps(record, indent=2).encode()})

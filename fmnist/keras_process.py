@@ -15,28 +15,20 @@ MAX_MODELS, and exits with its parent. Errors come back as one-line BackendError
 
 from __future__ import annotations
 
-import hashlib
-import multiprocessing as mp
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from fmnist.child import Child, ChildEnded, Link
 from fmnist.predictor import BackendError, as_batch
-from fmnist.runs import MANIFEST, RunError, checked_run
+from fmnist.runs import RunError, checked_run, manifest_digest
 
 MAX_MODELS = 4
 START_TIMEOUT_S = 180.0  # importing TensorFlow on a busy 2-core machine
 
 
-def _manifest_token(run_dir: Path) -> str:
-    try:
-        return hashlib.sha256((run_dir / MANIFEST).read_bytes()).hexdigest()
-    except OSError:
-        return "missing"
-
-
-def _worker_main(conn) -> None:
+def _worker_main(link: Link) -> None:
     """Serve (run_dir, token, images) requests until None or the parent goes away."""
     import os
 
@@ -44,14 +36,8 @@ def _worker_main(conn) -> None:
     from fmnist.keras_backend import KerasBackend
 
     models: dict[str, tuple[str, KerasBackend]] = {}
-    conn.send("ready")
-    while True:
-        try:
-            request = conn.recv()
-        except (EOFError, OSError):
-            return
-        if request is None:
-            return
+    link.emit({"kind": "ready"})
+    while (request := link.receive()) is not None:
         run_dir, token, images = request
         try:
             cached = models.get(run_dir)
@@ -60,63 +46,65 @@ def _worker_main(conn) -> None:
                 models[run_dir] = (token, KerasBackend(run_dir))
                 while len(models) > MAX_MODELS:
                     models.pop(next(iter(models)))
-            conn.send(models[run_dir][1].predict_proba(images))
+            link.emit({"kind": "answer", "probs": models[run_dir][1].predict_proba(images)})
         except (BackendError, RunError, ValueError, OSError) as exc:
-            conn.send(f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+            link.emit({"kind": "error", "message": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]})
         except Exception as exc:  # the worker must survive anything one request does
-            conn.send(f"Keras could not answer: {type(exc).__name__}: {exc}".splitlines()[0][:300])
+            link.emit({"kind": "error",
+                       "message": f"Keras could not answer: {type(exc).__name__}: {exc}".splitlines()[0][:300]})
 
 
 class _Worker:
     """The one worker process of this process, started on first use, restarted if it died."""
 
     _lock = threading.Lock()
-    _proc = None
-    _conn = None
+    _child: Child | None = None
 
     @classmethod
     def request(cls, run_dir: Path, images: np.ndarray) -> np.ndarray:
         with cls._lock:  # one request at a time: Keras is not thread-safe, the pipe is not either
-            if cls._proc is None or not cls._proc.is_alive():
+            if cls._child is None or not cls._child.is_alive():
                 cls._start()
             try:
-                cls._conn.send((str(run_dir), _manifest_token(run_dir), images))
-                answer = cls._conn.recv()
-            except (EOFError, OSError) as exc:  # a broken pipe is an OSError
-                cls._proc = None
-                raise BackendError(f"the Keras worker process stopped ({type(exc).__name__}); try again") from exc
-        if isinstance(answer, str):
-            raise BackendError(answer)
-        return answer
+                cls._child.send((str(run_dir), manifest_digest(run_dir), images))
+                answer = cls._child.next_event()
+            except ChildEnded as exc:
+                cls._child.close(grace_s=0)
+                cls._child = None
+                raise BackendError(f"the Keras worker process stopped ({exc}); try again") from exc
+        if answer.get("kind") != "answer":
+            raise BackendError(str(answer.get("message") or "the Keras worker could not answer"))
+        return answer["probs"]
 
     @classmethod
     def _start(cls) -> None:
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker_main, args=(child,), name="fmnist-keras", daemon=True)
-        proc.start()
-        child.close()
-        if not parent.poll(START_TIMEOUT_S) or parent.recv() != "ready":
-            proc.kill()
+        if cls._child is not None:
+            cls._child.close(grace_s=0)
+            cls._child = None
+        child = Child(_worker_main, name="fmnist-keras")
+        try:
+            ready = child.next_event(START_TIMEOUT_S)
+        except ChildEnded:
+            ready = None
+        if not ready or ready.get("kind") != "ready":
+            child.close(grace_s=0)
             raise BackendError("the Keras worker process did not start")
-        cls._proc, cls._conn = proc, parent
+        cls._child = child
 
     @classmethod
     def stop(cls) -> None:
         with cls._lock:
-            if cls._proc is not None and cls._proc.is_alive():
+            if cls._child is not None:
                 try:
-                    cls._conn.send(None)
-                except OSError:
+                    cls._child.send(None)
+                except ChildEnded:
                     pass
-                cls._proc.join(timeout=10)
-                if cls._proc.is_alive():
-                    cls._proc.kill()
-            cls._proc = cls._conn = None
+                cls._child.close(grace_s=10)
+            cls._child = None
 
     @classmethod
     def pid(cls) -> int | None:
-        return cls._proc.pid if cls._proc is not None and cls._proc.is_alive() else None
+        return cls._child.pid if cls._child is not None else None
 
 
 class KerasProcessBackend:

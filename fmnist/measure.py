@@ -48,6 +48,7 @@ from typing import Callable
 import numpy as np
 
 from fmnist import openvino_ir
+from fmnist.child import Child, ChildEnded, Link
 from fmnist.backends import BackendError, get_backend
 
 LABELS = {
@@ -209,13 +210,10 @@ def side_by_side(result: dict) -> list[dict]:
     return rows
 
 
-def _measure_in_child(run_dir: str, images: np.ndarray, labels: np.ndarray, events, options: dict) -> None:
-    try:
-        result = measure_backends(run_dir, images, labels, progress=lambda f, m: events.put(("progress", f, m)),
-                                  **options)
-        events.put(("result", result))
-    except Exception as exc:  # reported to the caller as one line
-        events.put(("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]))
+def _measure_in_child(link: Link, run_dir: str, images: np.ndarray, labels: np.ndarray, options: dict) -> None:
+    result = measure_backends(run_dir, images, labels, **options,
+                              progress=lambda f, m: link.emit({"kind": "progress", "fraction": f, "message": m}))
+    link.emit({"kind": "result", "result": result})
 
 
 def measure_backends_isolated(run_dir: str | Path, images: np.ndarray, labels: np.ndarray,
@@ -223,34 +221,23 @@ def measure_backends_isolated(run_dir: str | Path, images: np.ndarray, labels: n
                               **options) -> dict:
     """measure_backends in a child process, progress relayed to the caller: the web app's server never
     imports TensorFlow, and its threads do not share the measured process. RuntimeError on failure."""
-    import multiprocessing as mp
-    import queue
-
-    ctx = mp.get_context("spawn")
-    events = ctx.Queue()
-    proc = ctx.Process(target=_measure_in_child, name="fmnist-bench-infer", daemon=True,
-                       args=(str(run_dir), np.asarray(images), np.asarray(labels), events, options))
-    proc.start()
+    child = Child(_measure_in_child, (str(run_dir), np.asarray(images), np.asarray(labels), options),
+                  name="fmnist-bench-infer")
     deadline = time.monotonic() + timeout_s
     try:
         while True:
             try:
-                kind, *rest = events.get(timeout=0.5)
-            except queue.Empty:
-                if not proc.is_alive():
-                    raise RuntimeError(f"the measuring process ended unexpectedly (exit code {proc.exitcode})")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"measuring took longer than {timeout_s:.0f} s")
-                continue
-            if kind == "progress":
+                event = child.next_event(timeout=max(0.0, deadline - time.monotonic()))
+            except ChildEnded as exc:
+                raise RuntimeError(f"the measuring process ended unexpectedly ({exc})") from None
+            if event is None:
+                raise RuntimeError(f"measuring took longer than {timeout_s:.0f} s")
+            if event["kind"] == "progress":
                 if progress is not None:
-                    progress(*rest)
-            elif kind == "result":
-                return rest[0]
-            else:
-                raise RuntimeError(rest[0])
+                    progress(event["fraction"], event["message"])
+            elif event["kind"] == "result":
+                return event["result"]
+            else:  # "failed": the child's exception, one line
+                raise RuntimeError((str(event.get("message") or "") or "measuring failed").splitlines()[0][:300])
     finally:
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout=5)
+        child.close(grace_s=10)

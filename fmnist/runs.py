@@ -39,6 +39,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default
 DEFAULT_NAME = "default"
 BUNDLES = ("openvino",)  # sub-folders added after training, each committed by one rename
 BUNDLE_MANIFEST = "bundle-manifest.json"
+RUN_FORMAT, BUNDLE_FORMAT = "fmnist-run/1", "fmnist-bundle/1"
 LOCK_FILE = ".lock"  # hidden: never part of a manifest, never loaded
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 
@@ -167,13 +168,61 @@ def read_json(path: Path) -> Any:
         return json.loads(fh.read().decode("utf-8"))
 
 
-def _manifest_for(folder: Path) -> dict:
+# ---- manifests: the one place that builds and checks them ----------------------------------------
+# A manifest is {"format": ..., "files": {relative path: {"sha256": hex, "bytes": size}}}: the run's
+# own (manifest.json, every file of the run) and each bundle's (openvino/bundle-manifest.json).
+
+def file_entry(content: Path | bytes) -> dict:
+    """The manifest entry of a file, or of bytes about to be written: {"sha256", "bytes"}."""
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        return {"sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content)}
+    return {"sha256": sha256_file(Path(content)), "bytes": Path(content).stat().st_size}
+
+
+def entry_mismatch(expected: dict, actual: dict) -> str | None:
+    """None when two manifest entries agree; "size" or "sha256" naming the first difference."""
+    if actual.get("bytes") != expected.get("bytes"):
+        return "size"
+    if actual.get("sha256") != expected.get("sha256"):
+        return "sha256"
+    return None
+
+
+def build_manifest(folder: str | os.PathLike, format: str = RUN_FORMAT) -> dict:
+    """The manifest of every file under `folder` (manifests and hidden files left out)."""
+    folder = Path(folder)
     files = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
-            rel = path.relative_to(folder).as_posix()
-            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    return {"format": "fmnist-run/1", "files": files}
+        if path.is_file() and path.name not in (MANIFEST, BUNDLE_MANIFEST) and not path.name.startswith("."):
+            files[path.relative_to(folder).as_posix()] = file_entry(path)
+    return {"format": format, "files": files}
+
+
+_manifest_for = build_manifest  # TODO(issue 13): the tests' old name, removed when they use build_manifest
+
+
+def write_manifest(folder: str | os.PathLike) -> Path:
+    """Write a run folder's manifest.json for the files it holds now (atomically)."""
+    return atomic_write_json(Path(folder) / MANIFEST, build_manifest(folder))
+
+
+def manifest_files(folder: str | os.PathLike, name: str = MANIFEST) -> dict:
+    """{relative path: entry} of a run's manifest (or a bundle's, name=BUNDLE_MANIFEST). OSError when
+    it cannot be read, ValueError when it is not a manifest."""
+    manifest = read_json(Path(folder) / name)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise ValueError(f"{name} is malformed")
+    return files
+
+
+def manifest_digest(run_dir: str | os.PathLike) -> str:
+    """sha256 of a run's manifest.json as written ("missing" when unreadable): it changes whenever any
+    file of the run does, so caches key on it."""
+    try:
+        return hashlib.sha256((Path(run_dir) / MANIFEST).read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
 
 
 def new_run_name(tag: str) -> str:
@@ -218,7 +267,7 @@ class RunWriter:
             if path.is_file():
                 with open(path, "rb") as fh:
                     os.fsync(fh.fileno())
-        atomic_write_json(self.staging / MANIFEST, _manifest_for(self.staging))
+        write_manifest(self.staging)
         final = self.root / self.name
         if final.exists():
             raise RunError(f"run {final} already exists")
@@ -244,9 +293,9 @@ def verify_run(path: str | os.PathLike) -> RunInfo:
         if not manifest_path.is_file():
             info.reason = "no manifest.json: incomplete, or not written by Fashion-MNIST Studio"
             return info
-        manifest = read_json(manifest_path)
-        files = manifest.get("files") if isinstance(manifest, dict) else None
-        if not isinstance(files, dict):
+        try:
+            files = manifest_files(path)
+        except ValueError:
             info.reason = "manifest.json is malformed"
             return info
         status_entry = read_json(path / STATUS) if STATUS in files and (path / STATUS).is_file() else {}
@@ -265,10 +314,11 @@ def verify_run(path: str | os.PathLike) -> RunInfo:
             if not target.is_file():
                 info.reason = f"{rel} is missing"
                 return info
-            if target.stat().st_size != entry.get("bytes"):
+            problem = entry_mismatch(entry, file_entry(target))
+            if problem == "size":
                 info.reason = f"{rel} has changed size since it was written (truncated or edited)"
                 return info
-            if sha256_file(target) != entry.get("sha256"):
+            if problem:
                 info.reason = f"{rel} was modified after it was written (sha256 mismatch)"
                 return info
         for folder, subdirs, names in os.walk(path):
@@ -377,19 +427,18 @@ def load_test_probs(path: str | os.PathLike) -> np.ndarray:
 def verify_bundle(folder: Path) -> str:
     """'ok', or why a bundle folder (e.g. RUN/openvino) does not match its own manifest."""
     try:
-        manifest = read_json(folder / BUNDLE_MANIFEST)
-        files = manifest["files"]
+        files = manifest_files(folder, BUNDLE_MANIFEST)
         for rel, entry in files.items():
             target = folder / rel
             if ".." in Path(rel).parts or not target.is_file():
                 return f"{folder.name}/{rel} is missing"
-            if target.stat().st_size != entry["bytes"] or sha256_file(target) != entry["sha256"]:
+            if entry_mismatch(entry, file_entry(target)):
                 return f"{folder.name}/{rel} was modified after it was written (sha256 mismatch)"
         for extra in folder.rglob("*"):
             rel = extra.relative_to(folder).as_posix()
             if extra.is_file() and rel not in files and extra.name != BUNDLE_MANIFEST:
                 return f"unexpected file {folder.name}/{rel} that Fashion-MNIST Studio did not write"
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         return f"{folder.name}: no valid {BUNDLE_MANIFEST} ({type(exc).__name__})"
     return "ok"
 
@@ -460,11 +509,9 @@ def _swap_bundle(run_dir: Path, bundle: str, entries: dict[str, bytes | Path]) -
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-        bundle_files = {
-            p.relative_to(staging).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(staging.rglob("*")) if p.is_file()
-        }
-        atomic_write_json(staging / BUNDLE_MANIFEST, {"format": "fmnist-bundle/1", "files": bundle_files})
+        built = build_manifest(staging, BUNDLE_FORMAT)
+        bundle_files = built["files"]
+        atomic_write_json(staging / BUNDLE_MANIFEST, built)
         _fsync_dir(staging)
         retired = run_dir / f".retired-{bundle}-{uuid.uuid4().hex[:6]}"
         if folder.exists():
