@@ -92,7 +92,8 @@ def run_json(runs: Path, name: str, file: str = "status.json") -> dict:
 def test_reload_after_page_switch_keeps_the_training(server, browser):
     page = open_page(browser, f"{server['url']}/train")
     t0 = time.monotonic()
-    start_custom(page, epochs=4, limit=3000, batch=32, widths="8,16,32")
+    # long enough (about 30 s here) to still be running well past the orphan grace after the reload
+    start_custom(page, epochs=8, limit=3000, batch=32, widths="8,16,32")
     first_text = wait_until(lambda: page.locator("[data-testid='stProgress']").all_inner_texts(), 60,
                             "the progress bar after Start")
     assert "since Start" in first_text[0] or "step" in first_text[0], first_text  # says what happens
@@ -109,8 +110,8 @@ def test_reload_after_page_switch_keeps_the_training(server, browser):
     assert "job=" in page.url, page.url
     before = progress_step(page)
     page.reload()
+    reloaded = time.monotonic()
     wait_idle(page)
-    time.sleep(6)  # longer than the orphan grace: the old session is gone for good
     wait_until(lambda: progress_step(page) > before, 60, "progress after the reload")
     assert page.get_by_role("button", name="Stop").is_enabled()
     page.locator("[data-testid='stMain'] h1").scroll_into_view_if_needed()
@@ -118,10 +119,16 @@ def test_reload_after_page_switch_keeps_the_training(server, browser):
     # the form shows the running job's own settings, locked
     assert page.locator(".st-key-train_preset input[type=radio]:checked").evaluate(
         "el => el.closest('label').innerText.trim()") == "custom"
-    assert page.locator(".st-key-train_custom_epochs input").input_value() == "4"
+    assert page.locator(".st-key-train_custom_epochs input").input_value() == "8"
     page.get_by_text("Settings of the running training").click()  # collapsed while it runs
     assert page.locator(".st-key-train_custom_epochs input").is_disabled()
     assert page.get_by_text(re.compile("training job\\(s\\) from other sessions")).count() == 0
+    # outlive the orphan grace (4 s) since the reload: the old session is gone for good, and the
+    # job must still be running here, then finish `completed` below
+    time.sleep(max(0.0, reloaded + 6 - time.monotonic()))
+    step = progress_step(page)
+    assert step > 0, "the training ended before the orphan grace had passed: make it longer"
+    wait_until(lambda: progress_step(page) > step, 60, "progress past the orphan grace")
 
     success = page.locator("[data-testid='stAlertContentSuccess']").filter(has_text="Finished")
     success.wait_for(timeout=300_000)
