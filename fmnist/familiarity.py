@@ -1,0 +1,157 @@
+"""How an input relates to what the model was trained on, in the model's own feature space.
+
+* Unfamiliar-input scores, higher = less like Fashion-MNIST: the Mahalanobis distance to the nearest
+  class under a class-conditional Gaussian with one shared covariance fitted on training features
+  (Lee et al., 2018), the energy of the logits (Liu et al., 2020) and 1 - max softmax probability
+  (the baseline).
+* A threshold chosen on held-out familiar items (a validation split, never the test set) so that a
+  chosen fraction of them is flagged, and AUROC to compare scores.
+* The nearest training items to a query (indices and distances), for "what it compares with".
+
+Data in, arrays out: the features come from `fmnist.explain.penultimate_features` (or any backend
+that returns them); nothing here imports TensorFlow or reads files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GaussianModel:
+    """Class means (C, D) and the shared precision matrix (D, D) of (optionally L2-normalised) features."""
+
+    means: np.ndarray
+    precision: np.ndarray
+    l2_normalise: bool = True
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for storing with a run (np.savez); `from_arrays` reverses it."""
+        return {"means": self.means, "precision": self.precision,
+                "l2_normalise": np.array(self.l2_normalise)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "GaussianModel":
+        """The model from `to_arrays` output; ValueError when shapes do not fit or values are not finite."""
+        means = np.asarray(arrays["means"], dtype=np.float64)
+        precision = np.asarray(arrays["precision"], dtype=np.float64)
+        if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
+            raise ValueError(f"means {means.shape} and precision {precision.shape} do not fit together")
+        if not (np.all(np.isfinite(means)) and np.all(np.isfinite(precision))):
+            raise ValueError("the Gaussian model holds values that are not finite")
+        return cls(means, precision, bool(np.asarray(arrays.get("l2_normalise", True))))
+
+
+def prepare_features(features: np.ndarray, l2_normalise: bool) -> np.ndarray:
+    """float64 (N, D) features, divided by their L2 norm when asked (an all-zero row stays zero)."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2:
+        raise ValueError(f"expected features of shape (N, D), got {f.shape}")
+    if l2_normalise:
+        norms = np.linalg.norm(f, axis=1, keepdims=True)
+        f = f / np.where(norms > 0, norms, 1.0)
+    return f
+
+
+def fit_gaussian(features: np.ndarray, labels: np.ndarray, l2_normalise: bool = True,
+                 shrinkage: float = 1e-3) -> GaussianModel:
+    """Class-conditional Gaussian with a shared covariance, fitted on training features.
+
+    shrinkage: added to the covariance's diagonal as a fraction of its mean variance, so features that
+    never vary (dead ReLUs) do not make the precision matrix singular.
+    """
+    f = prepare_features(features, l2_normalise)
+    y = np.asarray(labels).astype(np.int64).ravel()
+    if len(y) != len(f):
+        raise ValueError(f"{len(f)} feature rows but {len(y)} labels")
+    classes = np.unique(y)
+    means = np.zeros((int(y.max()) + 1, f.shape[1]))
+    centred = np.empty_like(f)
+    for c in classes:
+        rows = y == c
+        means[c] = f[rows].mean(axis=0)
+        centred[rows] = f[rows] - means[c]
+    if len(classes) != len(means):
+        raise ValueError(f"every class 0..{len(means) - 1} needs training items; found {classes.tolist()}")
+    cov = centred.T @ centred / len(f)
+    cov += np.eye(len(cov)) * shrinkage * max(float(np.trace(cov)) / len(cov), 1e-12)
+    return GaussianModel(means, np.linalg.inv(cov), l2_normalise)
+
+
+def mahalanobis_distances(model: GaussianModel, features: np.ndarray) -> np.ndarray:
+    """(N, C) squared Mahalanobis distances of each item to each class mean."""
+    f = prepare_features(features, model.l2_normalise)
+    diff = f[:, None, :] - model.means[None, :, :]  # (N, C, D)
+    return np.einsum("ncd,de,nce->nc", diff, model.precision, diff)
+
+
+def mahalanobis_score(model: GaussianModel, features: np.ndarray) -> np.ndarray:
+    """(N,) squared distance to the nearest class mean: higher = less familiar."""
+    return mahalanobis_distances(model, features).min(axis=1)
+
+
+def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """(N,) energy -T logsumexp(z / T): higher = less familiar. Needs real logits (a softmax's log
+    probabilities give 0 for every input)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    top = z.max(axis=1)
+    return -temperature * (top + np.log(np.exp(z - top[:, None]).sum(axis=1)))
+
+
+def max_softmax_score(probs: np.ndarray) -> np.ndarray:
+    """(N,) 1 - max probability: the baseline score, higher = less sure."""
+    return 1.0 - np.asarray(probs, dtype=np.float64).max(axis=1)
+
+
+def auroc(familiar_scores: np.ndarray, unfamiliar_scores: np.ndarray) -> float:
+    """Probability that an unfamiliar item scores above a familiar one (ties count half)."""
+    from scipy.stats import rankdata
+
+    a = np.asarray(familiar_scores, dtype=np.float64).ravel()
+    b = np.asarray(unfamiliar_scores, dtype=np.float64).ravel()
+    if not len(a) or not len(b):
+        raise ValueError("AUROC needs at least one familiar and one unfamiliar score")
+    ranks = rankdata(np.concatenate([a, b]))
+    return float((ranks[len(a):].sum() - len(b) * (len(b) + 1) / 2) / (len(a) * len(b)))
+
+
+def choose_threshold(heldout_familiar_scores: np.ndarray, flag_fraction: float = 0.05) -> float:
+    """The score above which about `flag_fraction` of held-out familiar items lie (validation split,
+    never the test set): inputs scoring above it are called unfamiliar."""
+    if not 0.0 <= flag_fraction < 1.0:
+        raise ValueError(f"flag_fraction must be in [0, 1), got {flag_fraction}")
+    scores = np.asarray(heldout_familiar_scores, dtype=np.float64).ravel()
+    if not len(scores):
+        raise ValueError("choosing a threshold needs held-out scores")
+    return float(np.quantile(scores, 1.0 - flag_fraction))
+
+
+def flagged_fraction(scores: np.ndarray, threshold: float) -> float:
+    """Fraction of items whose score is above the threshold (called unfamiliar)."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    return float(np.mean(scores > threshold)) if len(scores) else 0.0
+
+
+def nearest_neighbours(reference: np.ndarray, query: np.ndarray, k: int = 5,
+                       chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (N, k) into `reference` of each query's k nearest rows, and their Euclidean distances
+    (N, k), nearest first. Chunked so a 60,000-row reference needs no (N, 60,000) matrix at once."""
+    ref = np.asarray(reference, dtype=np.float32)
+    q = np.asarray(query, dtype=np.float32)
+    if ref.ndim != 2 or q.ndim != 2 or ref.shape[1] != q.shape[1]:
+        raise ValueError(f"reference {ref.shape} and query {q.shape} must be (N, D) with the same D")
+    k = min(int(k), len(ref))
+    ref_sq = np.einsum("nd,nd->n", ref, ref)
+    indices = np.empty((len(q), k), dtype=np.int64)
+    distances = np.empty((len(q), k), dtype=np.float32)
+    for start in range(0, len(q), chunk):
+        part = q[start:start + chunk]
+        d2 = ref_sq[None, :] - 2.0 * part @ ref.T + np.einsum("nd,nd->n", part, part)[:, None]
+        top = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < len(ref) else np.tile(np.arange(len(ref)), (len(part), 1))
+        order = np.take_along_axis(d2, top, axis=1).argsort(axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        indices[start:start + len(part)] = top
+        distances[start:start + len(part)] = np.sqrt(np.maximum(np.take_along_axis(d2, top, axis=1), 0.0))
+    return indices, distances
