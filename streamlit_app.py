@@ -6,9 +6,9 @@ Pages are thin: they call `fmnist` and render; TensorFlow and OpenVINO load only
 
 import streamlit as st
 
-from pages import _state  # defines cached resources only: no Streamlit command runs at import
+from pages import _navigation, _sidebar, _warmup  # no Streamlit command runs at import
 
-_state.ensure_navigation()
+_navigation.ensure_navigation()
 st.set_page_config(page_title="Fashion-MNIST Studio", page_icon="👕", layout="wide",
                    initial_sidebar_state="expanded")
 
@@ -23,6 +23,6 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-_state.sidebar()
+_sidebar.sidebar()
 page.run()
-_state.warm_up()  # once per server, in the background: the classification model
+_warmup.warm_up()  # once per server, in the background: the classification model

@@ -90,17 +90,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """TrainConfig from CLI flags: the preset (or defaults), overridden by given flags."""
-    from fmnist.training import PRESETS, TrainConfig
+    from fmnist.config import preset_config
 
     fields = ("arch", "widths", "dropout", "epochs", "batch_size", "optimizer", "learning_rate", "schedule",
               "warmup_epochs", "weight_decay", "label_smoothing", "augment_flip", "augment_shift",
               "augment_scale", "ema", "tta_flip", "val_fraction", "seed", "limit", "precision", "tensorboard")
-    overrides = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
-    base = dict(PRESETS[args.preset], preset=args.preset) if args.preset else {}
-    if "arch" in overrides and overrides["arch"] != base.get("arch"):
-        base.pop("widths", None)  # a preset's widths belong to its own architecture
     try:
-        return TrainConfig(**{**base, **overrides}).validate()
+        return preset_config(args.preset, **{f: getattr(args, f, None) for f in fields})
     except ValueError as exc:
         raise CLIError(str(exc))
 
@@ -131,12 +127,11 @@ def cmd_train(args) -> int:
 
 
 def _run_or_error(ref, runs_dir=None) -> Path:
-    from fmnist.runs import RunError, checked_run, resolve_run
+    """The usable, untampered run `ref` names; CLIError saying why not."""
+    from fmnist.runs import RunError, resolve_checked_run
 
     try:
-        path = resolve_run(ref, runs_dir)
-        checked_run(path)
-        return path
+        return resolve_checked_run(ref, runs_dir)
     except RunError as exc:
         raise CLIError(str(exc))
 
@@ -179,32 +174,24 @@ def _backend_probs(run: Path, backend: str, data_dir=None):
 
 
 def cmd_runs(args) -> int:
-    from fmnist.runs import list_runs
+    from fmnist.runs import list_runs, run_row
 
-    infos = list_runs(args.runs_dir)
+    rows = [run_row(info) for info in list_runs(args.runs_dir)]
     if args.json:
-        from fmnist.runs import config_label
-
-        print(json.dumps([{"name": i.name, "path": str(i.path), "status": i.status, "reason": i.reason,
-                           "preset": i.config.get("preset"), "arch": i.config.get("arch"),
-                           "configuration": "shipped default" if i.is_default else config_label(i.config),
-                           **i.summary}
-                          for i in infos], indent=2))
+        print(json.dumps(rows, indent=2))
         return 0
-    if not infos:
+    if not rows:
         print("no runs yet: python -m fmnist train --preset fast")
         return 0
-    from fmnist.runs import config_label
+
+    def percent(value) -> str:
+        return f"{value * 100:.2f}%" if isinstance(value, float) else "-"
 
     print(f"{'run':<34} {'status':<10} {'epochs':>6} {'test acc':>9} {'val acc':>8}  configuration")
-    for i in infos:
-        acc = i.summary.get("test_accuracy")
-        val = i.summary.get("best_val_accuracy")
-        tag = "shipped default" if i.is_default else config_label(i.config) if i.config else "-"
-        print(f"{i.name:<34} {i.status:<10} {i.summary.get('epochs_done') or '-':>6} "
-              f"{(f'{acc * 100:.2f}%' if isinstance(acc, float) else '-'):>9} "
-              f"{(f'{val * 100:.2f}%' if isinstance(val, float) else '-'):>8}  {tag}"
-              + (f"  ({i.reason})" if i.reason else ""))
+    for row in rows:
+        print(f"{row['name']:<34} {row['status']:<10} {row.get('epochs_done') or '-':>6} "
+              f"{percent(row.get('test_accuracy')):>9} {percent(row.get('best_val_accuracy')):>8}  "
+              f"{row['configuration'] or '-'}" + (f"  ({row['reason']})" if row["reason"] else ""))
     return 0
 
 
@@ -327,13 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_predict)
 
-    for extra in ("fmnist.export", "fmnist.bench"):
-        try:
-            module = __import__(extra, fromlist=["add_cli"])
-        except ImportError:
-            continue
-        if hasattr(module, "add_cli"):
-            module.add_cli(sub, CLIError)
+    from fmnist import bench, export
+
+    for module in (export, bench):  # commands defined beside what they run (lower layers)
+        module.add_cli(sub, CLIError)
     return parser
 
 

@@ -126,10 +126,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_config(name: str, **overrides) -> TrainConfig:
-    """A preset's TrainConfig with optional overrides (None values are ignored)."""
-    if name not in PRESETS:
+def preset_config(name: str | None, **overrides) -> TrainConfig:
+    """A preset's TrainConfig (name None: TrainConfig's defaults) with overrides: the one way the CLI,
+    the Train page and the benchmarks build a configuration. None values mean "not given". Choosing
+    another architecture drops the preset's widths (they belong to its own architecture).
+    ValueError saying what is wrong."""
+    if name is not None and name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    values = {**PRESETS[name], "preset": name}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**values).validate()
+    values: dict[str, Any] = {**PRESETS[name], "preset": name} if name is not None else {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "arch" in given and given["arch"] != values.get("arch"):
+        values.pop("widths", None)
+    return TrainConfig(**{**values, **given}).validate()

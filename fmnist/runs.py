@@ -115,6 +115,21 @@ def config_label(config: dict) -> str:
     return f"{preset} (custom: {', '.join(changes)})" if changes else preset
 
 
+FULL_TRAINING_SET = 60_000  # Fashion-MNIST's training images (validation included)
+
+
+def run_row(info: RunInfo) -> dict:
+    """One run flattened for a table (the CLI's `runs`, the Compare page): name, path, status and why
+    broken, the configuration's name (`config_label`; None when the config is unreadable), preset,
+    architecture, training-set size, then the summary (accuracies as fractions, epochs_done, params,
+    seconds, images_per_s, created, ...)."""
+    config = info.config
+    return {"name": info.name, "path": str(info.path), "status": info.status, "reason": info.reason,
+            "preset": config.get("preset"), "arch": config.get("arch"),
+            "configuration": "shipped default" if info.is_default else config_label(config) if config else None,
+            "training_set": (config.get("limit") or FULL_TRAINING_SET) if config else None, **info.summary}
+
+
 def runs_root(root: str | os.PathLike | None = None) -> Path:
     """The runs folder: the argument, else $FMNIST_RUNS_DIR, else ./runs."""
     return Path(root or os.environ.get(ENV_VAR) or "runs").expanduser()

@@ -9,24 +9,24 @@ import streamlit as st
 
 from fmnist import charts, explore
 from fmnist.data import CLASS_NAMES
-from pages import _state
+from pages import _navigation, _resources, _selection
 
-_state.ensure_navigation()
+_navigation.ensure_navigation()
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp"]
 
 
 def predictor():
     """The sidebar's run and backend as a cached predictor, falling back to Keras with a note."""
-    run = _state.current_run()
+    run = _selection.current_run()
     if run is None:
         st.info("No trained model yet: train one on the Train page (or install the shipped default model).")
         st.stop()
-    name = _state.current_backend()
-    model, problem = _state.backend(run.path, name)
+    name = _selection.current_backend()
+    model, problem = _resources.backend(run.path, name)
     if model is None and name != "keras":
         st.warning(f"{problem}. Using Keras instead.")
-        model, problem = _state.backend(run.path, "keras")
+        model, problem = _resources.backend(run.path, "keras")
     if model is None:
         st.error(problem)
         st.stop()
@@ -36,7 +36,7 @@ def predictor():
 def predict(model, image28: np.ndarray) -> tuple[np.ndarray, float]:
     """Probabilities and the model call's own time in ms (a first use loads the backend before,
     shown as loading: it once read as "17184.2 ms" of latency)."""
-    _state.ensure_loaded(model)
+    _resources.ensure_loaded(model)
     t0 = time.perf_counter()
     probs = np.asarray(model.predict_proba(image28[None]))[0]
     return probs, (time.perf_counter() - t0) * 1000
@@ -131,7 +131,7 @@ def drawing_panel(model) -> None:
 
 st.title("Classify")
 run, model = predictor()
-st.caption(f"Model **{run.label()}** with **{_state.BACKEND_LABELS.get(model.name, model.name)}** "
+st.caption(f"Model **{run.label()}** with **{_resources.BACKEND_LABELS.get(model.name, model.name)}** "
            "(change both in the sidebar).")
 tab_upload, tab_draw = st.tabs(["Upload photos", "Draw"])
 with tab_upload:

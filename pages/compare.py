@@ -5,10 +5,10 @@ import streamlit as st
 
 from fmnist import charts
 from fmnist.measure import measure_backends_isolated, side_by_side
-from fmnist.runs import config_label
-from pages import _state
+from fmnist.runs import run_row
+from pages import _navigation, _resources, _selection
 
-_state.ensure_navigation()
+_navigation.ensure_navigation()
 
 
 def percent(value) -> float | None:
@@ -17,22 +17,21 @@ def percent(value) -> float | None:
 
 
 def run_rows(runs) -> list[dict]:
+    """The runs table: fmnist.runs.run_row under the page's column names, accuracies in percent."""
     rows = []
-    for r in runs:
-        s, c = r.summary, r.config
+    for r in map(run_row, runs):
         rows.append({
-            "run": r.name, "configuration": "shipped default" if r.is_default else config_label(c),
-            "training set": c.get("limit") or 60_000, "epochs": s.get("epochs_done"),
-            "test accuracy": percent(s.get("test_accuracy")), "validation accuracy": percent(s.get("best_val_accuracy")),
-            "architecture": c.get("arch"), "parameters": s.get("params"),
-            "training time (s)": s.get("seconds"), "images/s": s.get("images_per_s"),
-            "status": r.status + (f" ({r.reason})" if r.reason else ""),
+            "run": r["name"], "configuration": r["configuration"], "training set": r["training_set"],
+            "epochs": r.get("epochs_done"), "test accuracy": percent(r.get("test_accuracy")),
+            "validation accuracy": percent(r.get("best_val_accuracy")), "architecture": r["arch"],
+            "parameters": r.get("params"), "training time (s)": r.get("seconds"), "images/s": r.get("images_per_s"),
+            "status": r["status"] + (f" ({r['reason']})" if r["reason"] else ""),
         })
     return rows
 
 
 st.title("Compare")
-runs = _state.all_runs()
+runs = _resources.all_runs()
 if not runs:
     st.info("No runs yet: train one on the Train page.")
     st.stop()
@@ -57,7 +56,7 @@ metric = st.radio("Metric", ["val_accuracy", "accuracy", "val_loss", "loss"], ho
 series = {}
 for r in usable:
     if r.name in chosen:
-        history = _state.load_run_files(r.path)["history"] or {}
+        history = _resources.load_run_files(r.path)["history"] or {}
         series[r.name] = [e for e in history.get("epochs", []) if not e.get("partial")]
 if series:
     st.plotly_chart(charts.overlay_figure(series, metric), key="cmp_overlay")
@@ -69,13 +68,13 @@ if not names:
     st.stop()
 c1, c2, c3 = st.columns([2, 1, 1])
 bench_run = c1.selectbox("Run", names, key="cmp_bench_run",
-                         index=names.index(st.session_state.get(_state.RUN_KEY)) if
-                         st.session_state.get(_state.RUN_KEY) in names else 0)
+                         index=names.index(st.session_state.get(_selection.RUN_KEY)) if
+                         st.session_state.get(_selection.RUN_KEY) in names else 0)
 n_images = c2.select_slider("Test images", [500, 1000, 2000, 5000, 10000], 2000, key="cmp_bench_n")
 measure = c3.button("Measure", type="primary", icon=":material/speed:", key="cmp_measure")
 cache = st.session_state.setdefault("bench_results", {})
 if measure:
-    ds = _state.dataset()
+    ds = _resources.dataset()
     if ds is not None:
         run = next(r for r in usable if r.name == bench_run)
         bar = st.progress(0.0, text="Measuring...")

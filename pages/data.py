@@ -4,12 +4,12 @@ import streamlit as st
 
 from fmnist import charts, explore
 from fmnist.data import CLASS_NAMES
-from pages import _state
+from pages import _navigation, _resources
 
-_state.ensure_navigation()
+_navigation.ensure_navigation()
 
 st.title("The data set")
-ds = _state.dataset()
+ds = _resources.dataset()
 if ds is None:
     st.stop()
 st.caption(f"{len(ds.x_train):,} training and {len(ds.x_test):,} test images, 28x28 grey, 10 classes "

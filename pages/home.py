@@ -2,16 +2,16 @@
 
 import streamlit as st
 
-from pages import _state
+from pages import _navigation, _selection
 
-_state.ensure_navigation()
+_navigation.ensure_navigation()
 
 st.title("Fashion-MNIST Studio")
 st.markdown(
     "Train a convolutional network on Fashion-MNIST, watch it learn live, look inside its mistakes, "
     "try it on your own photos and drawings, and compare Keras with OpenVINO on this CPU."
 )
-run = _state.current_run()
+run = _selection.current_run()
 if run is not None:
     acc = run.summary.get("test_accuracy")
     st.success(f"Current model: **{run.label()}**" + ("" if acc is None else " — ready to classify."))

@@ -7,9 +7,9 @@ import streamlit as st
 from fmnist import charts, explore
 from fmnist.data import CLASS_NAMES
 from fmnist.evaluation import cell_items
-from pages import _state
+from pages import _navigation, _resources, _selection
 
-_state.ensure_navigation()
+_navigation.ensure_navigation()
 
 GALLERY_COLUMNS = 8
 
@@ -50,12 +50,12 @@ def selected_cell(event) -> tuple[int, int] | None:
 
 
 st.title("Results")
-run = _state.current_run()
+run = _selection.current_run()
 if run is None:
     st.info("No trained model yet: train one on the Train page (the shipped default model appears here "
             "once it is installed).")
     st.stop()
-files = _state.load_run_files(run.path)
+files = _resources.load_run_files(run.path)
 metrics, history, probs = files["metrics"], files["history"], files["probs"]
 st.caption(f"Run **{run.label()}** · status {run.status}" + (f" · {run.summary.get('message')}"
                                                               if run.summary.get("message") else ""))
@@ -63,7 +63,7 @@ if metrics is None:
     st.error("This run has no test metrics (metrics.json is missing).")
     st.stop()
 
-ds = _state.dataset()
+ds = _resources.dataset()
 test_images = ds.x_test if ds is not None else None
 labels = ds.y_test if ds is not None else None
 if probs is not None and labels is not None and len(probs) != len(labels):

@@ -13,10 +13,11 @@ import streamlit as st
 from fmnist import charts
 from fmnist.models import ARCHITECTURES, DEFAULTS
 from fmnist.runs import config_label
-from fmnist.training import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, learning_rate_preview, schedule_steps
-from pages import _state
+from fmnist.config import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, preset_config
+from fmnist.training import learning_rate_preview, schedule_steps
+from pages import _navigation, _resources, _session
 
-_state.ensure_navigation()
+_navigation.ensure_navigation()
 
 B = TrainConfig.BOUNDS
 FORM_FIELDS = ("arch", "widths", "cdrop", "ddrop", "epochs", "batch", "opt", "lr", "sched", "warmup", "wd", "ls",
@@ -125,15 +126,14 @@ def settings_ui(locked: bool = False) -> tuple[TrainConfig | None, str | None]:
         return None, f"Widths must be whole numbers separated by commas, got {widths_text!r}."
     if limit and limit < B["limit"][0]:
         return None, f"Training-set size must be 0 (all) or at least {B['limit'][0]}."
+    # the form's values override the preset (EMA, flip averaging and precision stay the preset's)
     values = dict(arch=arch, widths=widths, dropout=[conv_drop, dense_drop], epochs=int(epochs),
                   batch_size=int(batch_size), optimizer=optimizer, learning_rate=float(lr), schedule=schedule,
                   warmup_epochs=float(warmup), weight_decay=float(weight_decay), label_smoothing=float(smoothing),
                   augment_flip=bool(flip), augment_shift=int(shift), augment_scale=float(zoom),
-                  val_fraction=float(val_fraction),
-                  seed=int(seed), limit=int(limit) or None, ema=base.ema, tta_flip=base.tta_flip,
-                  precision=base.precision, preset=preset if preset in PRESETS else None)
+                  val_fraction=float(val_fraction), seed=int(seed), limit=int(limit) or None)
     try:
-        return TrainConfig(**values).validate(), None
+        return preset_config(preset if preset in PRESETS else None, **values), None
     except ValueError as exc:
         return None, f"Check the settings: {exc}."
 
@@ -177,7 +177,7 @@ def saved_run(snap: dict):
     if not snap["run_dir"]:
         return None
     name = snap["run_dir"].rstrip("/").rsplit("/", 1)[-1]
-    return next((r for r in _state.all_runs() if r.name == name), None)
+    return next((r for r in _resources.all_runs() if r.name == name), None)
 
 
 def progress_text(snap: dict) -> str:
@@ -200,7 +200,7 @@ def saved_summary(snap: dict) -> None:
     run = saved_run(snap)
     if run is None:
         return
-    history = _state.load_run_files(run.path)["history"] or {}
+    history = _resources.load_run_files(run.path)["history"] or {}
     epochs = [e for e in history.get("epochs", []) if not e.get("partial")]
     s = run.summary
     m = st.columns(4)
@@ -226,12 +226,12 @@ def live_panel(job_id: str, active: bool) -> None:
 
     @st.fragment(run_every=LIVE_REFRESH_S if active else None)
     def panel():
-        job = _state.job_manager().get(job_id)
+        job = _session.job_manager().get(job_id)
         if job is None:
             return
         snap = job.snapshot()
         status, last = snap["status"], snap["last_batch"]
-        line = _state.job_line(snap)
+        line = _session.job_line(snap)
         if status == "queued":
             st.info(line, icon=":material/hourglass_top:")
         elif status in ("starting", "running"):
@@ -268,7 +268,7 @@ def live_panel(job_id: str, active: bool) -> None:
 
     @st.fragment(run_every=CHART_REFRESH_S if active else None)
     def chart_panel():
-        job = _state.job_manager().get(job_id)
+        job = _session.job_manager().get(job_id)
         if job is None:
             return
         snap = job.snapshot()
@@ -291,11 +291,11 @@ def live_panel(job_id: str, active: bool) -> None:
 def others_note(own_id: str | None) -> None:
     """Other sessions' trainings, refreshed while there are any (the note used to stay on screen
     after they had ended)."""
-    others = [j for j in _state.job_manager().active_jobs() if j.id != own_id]
+    others = [j for j in _session.job_manager().active_jobs() if j.id != own_id]
 
     @st.fragment(run_every=LIVE_REFRESH_S if others else None)
     def note():
-        now = [j for j in _state.job_manager().active_jobs() if j.id != own_id]
+        now = [j for j in _session.job_manager().active_jobs() if j.id != own_id]
         if now:
             st.caption(f"{len(now)} training job(s) from other sessions are queued or running on this server "
                        "(one runs at a time); a training you start now waits its turn.")
@@ -307,7 +307,7 @@ def others_note(own_id: str | None) -> None:
 
 st.title("Train a model")
 top = st.container()  # the job's buttons, progress and outcome come first once there is a job
-job = _state.current_job()
+job = _session.current_job()
 snap = job.snapshot() if job is not None else None
 busy = bool(snap and snap["active"])
 if job is not None and ((busy and st.session_state.get("train_form_job") != job.id)
@@ -345,8 +345,8 @@ stop_clicked = buttons.button("Stop", icon=":material/stop:", key="train_stop", 
 if start_clicked and config is not None and not busy:
     try:
         # the server already holds the data set (the Data page loads it): the child needn't read it
-        job = _state.job_manager().submit(config, _state.session_id(), runs_root=_state.runs_dir(),
-                                          data_dir=_state.data_dir(), dataset=_state.dataset())
+        job = _session.job_manager().submit(config, _session.session_id(), runs_root=_resources.runs_dir(),
+                                          data_dir=_resources.data_dir(), dataset=_resources.dataset())
     except (ValueError, RuntimeError) as exc:
         st.error(f"Cannot start: {exc}")
     else:
