@@ -6,8 +6,8 @@
   and left out: its maps stay input-like when the weights are randomised (docs/explain.md).
 * `stage_activations`, `first_layer_filters`: the feature maps of every convolutional stage for one
   image and the first layer's filters, as plain arrays.
-* `penultimate_features`: the features the last layer classifies (and the logits), for
-  `fmnist.familiarity` (unfamiliar score, nearest training items).
+* `feature_sets`, `penultimate_features`: the features the last layer classifies, the logits and
+  per-stage mean activations, for `fmnist.familiarity` (unfamiliar score, nearest training items).
 * `rank_correlation`: how alike two maps are (the randomisation sanity check of Adebayo et al., 2018).
 
 Every map is float32 over the 28x28 input the model saw; higher = more evidence for the target class.
@@ -84,18 +84,33 @@ def _logits(model, features):
     return keras.ops.matmul(features, layer.kernel) + layer.bias
 
 
-def penultimate_features(model, images: np.ndarray, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, D), logits (N, 10)) of a Keras model built by fmnist.models, float32."""
+def feature_sets(model, images: np.ndarray, layers: list[str] | tuple[str, ...] = (),
+                 batch_size: int = 1000) -> dict[str, np.ndarray]:
+    """One forward pass of a Keras model built by fmnist.models: "penultimate" (N, D) features, their
+    "logits" (N, 10), and for each named layer its output averaged over space (N, C), all float32."""
     import keras
 
+    outputs = [penultimate_layer_output(model)]
+    for name in layers:
+        out = model.get_layer(name).output
+        outputs.append(keras.ops.mean(out, axis=(1, 2)) if len(out.shape) == 4 else out)
+    extractor = keras.Model(model.input, outputs)
     x = as_batch(images)
-    extractor = keras.Model(model.input, penultimate_layer_output(model))
-    feats, logits = [], []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ("penultimate", "logits", *layers)}
     for start in range(0, max(len(x), 1), batch_size):
-        f = extractor(x[start:start + batch_size], training=False)
-        feats.append(np.asarray(f, dtype=np.float32))
-        logits.append(np.asarray(_logits(model, f), dtype=np.float32))
-    return np.concatenate(feats), np.concatenate(logits)
+        found = extractor(x[start:start + batch_size], training=False)
+        found = found if isinstance(found, (list, tuple)) else [found]
+        parts["penultimate"].append(np.asarray(found[0], dtype=np.float32))
+        parts["logits"].append(np.asarray(_logits(model, found[0]), dtype=np.float32))
+        for name, value in zip(layers, found[1:]):
+            parts[name].append(np.asarray(value, dtype=np.float32))
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def penultimate_features(model, images: np.ndarray, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, D), logits (N, 10)) of a Keras model built by fmnist.models, float32."""
+    found = feature_sets(model, images, (), batch_size)
+    return found["penultimate"], found["logits"]
 
 
 def last_conv_stage(model, min_side: int = 7) -> str:
@@ -142,20 +157,25 @@ def grad_cam(model, images: np.ndarray, targets: np.ndarray | list[int] | None =
     return {"maps": maps.astype(np.float32), "targets": chosen}
 
 
-def stage_activations(model, image: np.ndarray) -> list[dict]:
-    """Feature maps of every convolutional stage for one image, in order: one entry per layer whose
-    output is a spatial map after its non-linearity (Conv2D with an activation, ReLU, pooling), with
-    name, kind and maps (C, H, W) float32."""
-    import keras
-
-    wanted = []
+def activation_layers(model) -> list[str]:
+    """Names of the layers whose output is a spatial map after its non-linearity (Conv2D with an
+    activation, ReLU, LeakyReLU, max-pooling), in order: the model's convolutional stages."""
+    names = []
     for layer in model.layers[1:]:
         kind = type(layer).__name__
-        if len(layer.output.shape) != 4:
-            continue
         activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
-        if kind in ("ReLU", "LeakyReLU", "MaxPooling2D") or (kind == "Conv2D" and activation != "linear"):
-            wanted.append(layer)
+        if len(layer.output.shape) == 4 and (kind in ("ReLU", "LeakyReLU", "MaxPooling2D")
+                                             or (kind == "Conv2D" and activation != "linear")):
+            names.append(layer.name)
+    return names
+
+
+def stage_activations(model, image: np.ndarray) -> list[dict]:
+    """Feature maps of every convolutional stage (`activation_layers`) for one image, in order: name,
+    kind and maps (C, H, W) float32."""
+    import keras
+
+    wanted = [model.get_layer(name) for name in activation_layers(model)]
     outputs = keras.Model(model.input, [layer.output for layer in wanted])(as_batch(image)[:1], training=False)
     if len(wanted) == 1:
         outputs = [outputs]

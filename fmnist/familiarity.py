@@ -105,6 +105,23 @@ def max_softmax_score(probs: np.ndarray) -> np.ndarray:
     return 1.0 - np.asarray(probs, dtype=np.float64).max(axis=1)
 
 
+def knn_score(reference: np.ndarray, query: np.ndarray, k: int = 10) -> np.ndarray:
+    """(N,) distance to the k-th nearest reference row, both L2-normalised first (deep k-NN, Sun et al.,
+    2022): higher = less familiar. reference: training features, e.g. the penultimate layer's."""
+    ref, q = prepare_features(reference, True), prepare_features(query, True)
+    return nearest_neighbours(ref, q, k=k)[1][:, -1].astype(np.float64)
+
+
+def combined_score(scores: dict[str, np.ndarray], thresholds: dict[str, float]) -> np.ndarray:
+    """(N,) the largest score / threshold over several non-negative signals: above 1 means at least one
+    signal calls the input unfamiliar, so one threshold (1.0) serves the combination."""
+    if not scores or set(scores) != set(thresholds):
+        raise ValueError(f"need one threshold per score; scores {sorted(scores)}, thresholds {sorted(thresholds)}")
+    if min(thresholds.values()) <= 0:
+        raise ValueError("combined thresholds must be positive (the signals are distances)")
+    return np.max([np.asarray(scores[k], dtype=np.float64) / thresholds[k] for k in sorted(scores)], axis=0)
+
+
 def auroc(familiar_scores: np.ndarray, unfamiliar_scores: np.ndarray) -> float:
     """Probability that an unfamiliar item scores above a familiar one (ties count half)."""
     from scipy.stats import rankdata

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("Keras in a worker process; OpenVINO export", {"keras_process", "export"}),
     ("predictors by name; training", {"backends", "training"}),
     ("services the app and CLI call", {"measure", "jobs"}),
-    ("benchmark commands", {"bench_train", "bench_infer", "bench_photos"}),
+    ("benchmark commands", {"bench_train", "bench_infer", "bench_photos", "bench_explain"}),
     ("the bench command group", {"bench"}),
     ("the command line", {"cli"}),
     ("entry point", {"__main__", "__init__"}),

@@ -119,6 +119,20 @@ def test_auroc_energy_and_max_softmax_by_hand():
     assert fam.max_softmax_score(cal.softmax(logits)) == pytest.approx([1 - cal.softmax(logits)[0, 0], 2 / 3])
 
 
+def test_knn_score_and_the_combined_score():
+    train, _ = clusters(100, seed=0)
+    near, _ = clusters(20, seed=1)
+    far = np.random.default_rng(2).normal(0, 5.0, size=(50, 16))
+    k_near, k_far = fam.knn_score(train, near, k=5), fam.knn_score(train, far, k=5)
+    assert fam.auroc(k_near, k_far) > 0.95
+    assert fam.knn_score(train, train[:1] * 3.0, k=1)[0] == pytest.approx(0.0, abs=1e-3)  # scale-free
+    combined = fam.combined_score({"a": np.array([1.0, 4.0, 0.5]), "b": np.array([3.0, 1.0, 0.5])},
+                                  {"a": 2.0, "b": 2.0})
+    assert combined.tolist() == [1.5, 2.0, 0.25]  # above 1: one signal over its threshold
+    with pytest.raises(ValueError, match="one threshold per score"):
+        fam.combined_score({"a": np.ones(2)}, {"b": 1.0})
+
+
 def test_nearest_neighbours_match_brute_force():
     rng = np.random.default_rng(0)
     ref, query = rng.normal(size=(700, 8)), rng.normal(size=(30, 8))
@@ -290,6 +304,9 @@ def test_feature_maps_filters_and_features(tiny_models, probe):
     features, logits = ex.penultimate_features(trained, x, batch_size=5)
     assert features.shape == (16, 16) and logits.shape == (16, 10)
     assert np.allclose(cal.softmax(logits), keras_predict(trained)(x), atol=1e-5)
+    sets = ex.feature_sets(trained, x[:3], ["relu0_1", "relu1_2"])
+    assert np.allclose(sets["relu0_1"][0], stages[0]["maps"].mean(axis=(1, 2)), atol=1e-5)
+    assert sets["relu1_2"].shape == (3, 16) and np.allclose(sets["penultimate"], features[:3], atol=1e-5)
 
 
 # ---------------------------------------------------------------- the shipped model through OpenVINO

@@ -1,0 +1,225 @@
+"""`python -m fmnist.bench_explain` (to become `python -m fmnist bench explain`): issue 14's figures
+for a run, measured with the Keras model's penultimate features.
+
+* Calibration: temperature fitted on the run's validation split, ECE (15 bins) on the test set before
+  and after.
+* Unfamiliar inputs: AUROC of each score (1 - max softmax, energy, Mahalanobis and k-NN distance on
+  penultimate features, Mahalanobis on the first stage's mean activations, and their combination) for
+  drawn digits vs Fashion-MNIST items, hat photos vs real photos of the ten classes, noise and plain
+  colours; thresholds are chosen on the validation split only (single scores: 5% of it flagged), then
+  the flagged fractions are reported for every set (the test set is measured, never tuned on).
+* Nearest neighbours: for correctly classified test items, how often the nearest training image (in
+  feature space) has the same label.
+* Occlusion: p50 latency of one image's map through a backend (OpenVINO FP32 by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FLAG_FRACTION = 0.05  # of held-out Fashion-MNIST validation items called unfamiliar, for single scores
+KNN_K = 10
+# validation fractions over the combined score's two thresholds (k-NN, first stage), picked by looking
+# at the development sets (digits, hats, photos; never the test set)
+COMBINED_FRACTIONS = (0.015, 0.005)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", help="run name or path (default: the shipped model, else the newest run)")
+    parser.add_argument("--runs-dir")
+    parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: FMNIST_DATA_DIR)")
+    parser.add_argument("--photos-dir", default=str(SHARED_DATA),
+                        help="folder holding unfamiliar-photos/, clothing-photos/, product-photos/")
+    parser.add_argument("--backend", default="openvino-fp32", help="backend for the occlusion timing")
+    parser.add_argument("--train-limit", type=int, default=0,
+                        help="use this many training items for the feature statistics (0: all)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file below `folder`, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+
+
+def photo_inputs(folder: Path) -> np.ndarray:
+    """Model inputs (N, 28, 28) uint8 of every photo below `folder`, through the app's photo pipeline;
+    files the pipeline refuses are left out."""
+    from fmnist.preprocess import PreprocessError, load_for_model
+
+    out = []
+    for path in image_files(folder):
+        try:
+            out.append(load_for_model(path).input)
+        except PreprocessError:
+            continue
+    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
+
+
+def drawn_digits(seed: int = 0) -> np.ndarray:
+    """Digits as a user would draw them on the canvas, through the app's drawing pipeline: scikit-learn's
+    1,797 handwritten digits (8x8, scaled up) and 0-9 rendered in every DejaVu font found."""
+    from PIL import Image, ImageDraw, ImageFont
+    from sklearn.datasets import load_digits
+
+    from fmnist.preprocess import prepare_drawing
+
+    canvases = []
+    for digit in load_digits().images:  # 0..16 ink on white
+        ink = np.asarray(Image.fromarray((digit * 255 / 16).astype(np.uint8)).resize((96, 96), Image.BILINEAR))
+        canvases.append(255 - ink)
+    fonts = sorted(Path("/usr/share/fonts/truetype").rglob("*.ttf"))
+    for font_path in fonts:
+        font = ImageFont.truetype(str(font_path), 120)
+        for d in "0123456789":
+            canvas = Image.new("L", (200, 200), 255)
+            ImageDraw.Draw(canvas).text((40, 10), d, fill=0, font=font)
+            canvases.append(np.asarray(canvas))
+    return np.stack([prepare_drawing(np.repeat(c[..., None], 3, axis=2)).input for c in canvases])
+
+
+def noise_and_plain(n: int = 200, seed: int = 0) -> np.ndarray:
+    """Uniform noise, blurred noise and plain grey levels: inputs that are no garment at all."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, size=(n, 28, 28))
+    blurred = np.stack([gaussian_filter(rng.uniform(0, 255, (28, 28)), 2.0) for _ in range(n)])
+    blurred = (blurred - blurred.min(axis=(1, 2), keepdims=True)) * 255 / np.ptp(blurred, axis=(1, 2), keepdims=True)
+    plain = np.repeat(np.linspace(20, 255, 32)[:, None, None], 28, axis=1).repeat(28, axis=2)
+    return np.concatenate([noise, blurred, plain]).astype(np.uint8)
+
+
+def occlusion_p50_ms(predictor, image: np.ndarray, repeats: int = 30) -> float:
+    """Median milliseconds for one image's occlusion map (after one warm-up)."""
+    from fmnist.explain import occlusion_maps
+
+    occlusion_maps(predictor.predict_proba, image)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        occlusion_maps(predictor.predict_proba, image)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
+def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-fp32", train_limit: int = 0,
+            progress=lambda text: None) -> dict:
+    """Every figure of the module docstring for one run, as a JSON-ready dict."""
+    from fmnist import calibration as cal
+    from fmnist import familiarity as fam
+    from fmnist.backends import get_backend
+    from fmnist.config import TrainConfig
+    from fmnist.data import make_splits, stratified_limit
+    from fmnist.explain import activation_layers, feature_sets
+    from fmnist.keras_backend import load_model
+    from fmnist.runs import read_json
+
+    config = TrainConfig.from_dict(read_json(run_dir / "config.json"))
+    splits = make_splits(dataset, config.val_fraction, config.seed, config.limit)
+    keep = stratified_limit(splits.y_train, train_limit or None, 0)
+    y_train = splits.y_train[keep]
+    model = load_model(run_dir)
+    early = activation_layers(model)[0]
+    inputs = {"train": splits.x_train[keep], "val": splits.x_val, "test": dataset.x_test,
+              "digits": drawn_digits(), "noise": noise_and_plain(),
+              "hats": photo_inputs(photos_dir / "unfamiliar-photos"),
+              "clothing_photos": photo_inputs(photos_dir / "clothing-photos"),
+              "product_photos": photo_inputs(photos_dir / "product-photos")}
+    feats = {}
+    for name, images in inputs.items():
+        progress(f"features of {name} ({len(images):,})")
+        feats[name] = feature_sets(model, images, [early])
+    train = feats.pop("train")
+
+    gaussian = fam.fit_gaussian(train["penultimate"], y_train)
+    early_gaussian = fam.fit_gaussian(train[early], y_train)
+    temperature = cal.fit_temperature(cal.softmax(feats["val"]["logits"]), splits.y_val)
+    progress("scores")
+    scores = {
+        "max_softmax": {k: fam.max_softmax_score(cal.softmax(f["logits"] / temperature)) for k, f in feats.items()},
+        "energy": {k: fam.energy_score(f["logits"]) for k, f in feats.items()},
+        "mahalanobis": {k: fam.mahalanobis_score(gaussian, f["penultimate"]) for k, f in feats.items()},
+        "knn": {k: fam.knn_score(train["penultimate"], f["penultimate"], KNN_K) for k, f in feats.items()},
+        f"mahalanobis_{early}": {k: fam.mahalanobis_score(early_gaussian, f[early]) for k, f in feats.items()},
+    }
+    # the proposal: k-NN on penultimate features (content) or first-stage statistics (strokes, texture,
+    # noise), each over its own validation threshold
+    parts = {"knn": COMBINED_FRACTIONS[0], f"mahalanobis_{early}": COMBINED_FRACTIONS[1]}
+    thresholds = {k: fam.choose_threshold(scores[k]["val"], fraction) for k, fraction in parts.items()}
+    scores["combined"] = {k: fam.combined_score({p: scores[p][k] for p in parts}, thresholds) for k in feats}
+
+    real_photos = ("clothing_photos", "product_photos")
+    report: dict = {"run": str(run_dir), "sizes": {k: int(len(v["logits"])) for k, v in feats.items()},
+                    "scores": {}}
+    for score, by_set in scores.items():
+        photos = np.concatenate([by_set[k] for k in real_photos])
+        threshold = 1.0 if score == "combined" else fam.choose_threshold(by_set["val"], FLAG_FRACTION)
+        report["scores"][score] = {
+            "auroc": {
+                "digits_vs_test": fam.auroc(by_set["test"], by_set["digits"]),
+                "digits_vs_val": fam.auroc(by_set["val"], by_set["digits"]),
+                "hats_vs_real_photos": fam.auroc(photos, by_set["hats"]),
+                "noise_vs_test": fam.auroc(by_set["test"], by_set["noise"]),
+            },
+            "threshold": threshold,
+            "flagged": {k: fam.flagged_fraction(v, threshold) for k, v in by_set.items()},
+        }
+
+    test_probs = cal.softmax(feats["test"]["logits"])
+    report["calibration"] = {k: v for k, v in cal.calibration_report(
+        cal.softmax(feats["val"]["logits"]), splits.y_val, test_probs, dataset.y_test).items()
+        if not k.startswith("reliability")}
+
+    correct = test_probs.argmax(axis=1) == dataset.y_test
+    progress("nearest training items of the test set")
+    nearest, _ = fam.nearest_neighbours(train["penultimate"], feats["test"]["penultimate"][correct], k=1)
+    report["neighbours_same_label"] = float(np.mean(y_train[nearest[:, 0]] == dataset.y_test[correct]))
+
+    progress(f"occlusion through {backend}")
+    report["occlusion_p50_ms"] = {backend: occlusion_p50_ms(get_backend(run_dir, backend, tta=False), dataset.x_test[:1])}
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The figures as aligned text."""
+    lines = [f"run: {report['run']}", "items: " + ", ".join(f"{k} {v:,}" for k, v in report["sizes"].items()), ""]
+    for score, s in report["scores"].items():
+        a = s["auroc"]
+        lines.append(f"{score:20s} AUROC digits/test {a['digits_vs_test']:.4f}  digits/val {a['digits_vs_val']:.4f}  "
+                     f"hats/real photos {a['hats_vs_real_photos']:.4f}  noise/test {a['noise_vs_test']:.4f}")
+        lines.append(f"{'':20s} flagged at threshold {s['threshold']:.4g}: " +
+                     ", ".join(f"{k} {v:.1%}" for k, v in s["flagged"].items()))
+    c = report["calibration"]
+    lines += ["", f"temperature {c['temperature']:.3f} (fitted on validation): test ECE {c['ece_uncalibrated']:.2%} -> "
+              f"{c['ece']:.2%}, NLL {c['nll_uncalibrated']:.4f} -> {c['nll']:.4f}",
+              f"nearest training item has the same label: {report['neighbours_same_label']:.2%} "
+              "of correctly classified test items"]
+    lines += [f"occlusion map of one image, {k}: {v:.1f} ms p50" for k, v in report["occlusion_p50_ms"].items()]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure and print (text or --json)."""
+    from fmnist.data import load_fashion_mnist
+    from fmnist.runs import resolve_checked_run
+
+    run_dir = resolve_checked_run(args.run, args.runs_dir)
+    dataset = load_fashion_mnist(args.data_dir, download=False)
+    report = measure(run_dir, dataset, Path(args.photos_dir), args.backend, args.train_limit,
+                     progress=lambda text: print(text, file=sys.stderr, flush=True))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m fmnist.bench_explain", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))
