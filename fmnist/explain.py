@@ -113,6 +113,44 @@ def penultimate_features(model, images: np.ndarray, batch_size: int = 1000) -> t
     return found["penultimate"], found["logits"]
 
 
+def openvino_feature_model(ov_model):
+    """A compiled OpenVINO model (CPU) answering `openvino_feature_sets` from a run's verified
+    classifier IR (the `model` of fmnist.backends' OpenVINO backends, FP32 or INT8): the softmax's
+    input (logits), the input of the last MatMul (penultimate features) and the first ReLU (the first
+    stage) become outputs. ValueError when the graph does not end Softmax <- Add <- MatMul."""
+    import openvino as ov
+
+    from fmnist.openvino_ir import core
+
+    softmax = ov_model.get_results()[0].input_value(0).get_node()
+    add = softmax.input_value(0).get_node()
+    matmul = add.input_value(0).get_node()
+    if (softmax.get_type_name(), add.get_type_name(), matmul.get_type_name()) != ("Softmax", "Add", "MatMul"):
+        raise ValueError("the IR does not end in Softmax <- Add <- MatMul (not an fmnist classifier)")
+    relus = [op for op in ov_model.get_ordered_ops() if op.get_type_name() == "Relu"]
+    if not relus:
+        raise ValueError("the IR has no ReLU stage")
+    outputs = [add.output(0), matmul.input_value(0), relus[0].output(0)]
+    features = ov.Model([ov.opset13.result(o) for o in outputs], ov_model.get_parameters(), "fmnist_features")
+    return core().compile_model(features, "CPU")
+
+
+def openvino_feature_sets(compiled, images: np.ndarray, batch_size: int = 1000) -> dict[str, np.ndarray]:
+    """"penultimate" (N, D), "logits" (N, 10) and "first_stage" (N, C: the first ReLU's output averaged
+    over space) through a model from `openvino_feature_model`, float32 (the Keras twin: feature_sets)."""
+    x = as_batch(images)
+    request = compiled.create_infer_request()
+    parts: dict[str, list[np.ndarray]] = {"logits": [], "penultimate": [], "first_stage": []}
+    for start in range(0, max(len(x), 1), batch_size):
+        request.infer({0: x[start:start + batch_size]})
+        logits, feats, first = (request.get_output_tensor(i).data for i in range(3))
+        # the IR computes in NCHW (channels at axis 1), Keras in NHWC
+        parts["logits"].append(np.array(logits, dtype=np.float32))
+        parts["penultimate"].append(np.array(feats, dtype=np.float32).reshape(len(feats), -1))
+        parts["first_stage"].append(np.array(first, dtype=np.float32).mean(axis=(2, 3)))
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
 def last_conv_stage(model, min_side: int = 7) -> str:
     """Name of the last layer with a spatial (N, H, W, C) output at least min_side wide (the 3x3 last
     stage of a 4-stage model is too coarse for a map over 28x28), else the last spatial layer."""

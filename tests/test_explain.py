@@ -323,3 +323,27 @@ def test_occlusion_agrees_across_keras_and_openvino(shipped_model, tiny_dataset)
             for name in ("keras", "openvino-fp32", "openvino-int8")}
     assert np.abs(maps["openvino-fp32"] - maps["keras"]).max() < 1e-3
     assert mean_rank_correlation(maps["openvino-int8"], maps["keras"]) > 0.8
+
+
+@pytest.mark.slow
+def test_openvino_features_match_keras(shipped_model, tiny_dataset):
+    """Features for the unfamiliar score without TensorFlow: the FP32 IR's penultimate features, logits
+    and first-stage means equal Keras's; INT8's stay close."""
+    from fmnist.backends import get_backend
+    from fmnist.keras_backend import load_model
+
+    images = tiny_dataset.x_test[:40]
+    model = load_model(shipped_model)
+    first = ex.activation_layers(model)[0]
+    keras_sets = ex.feature_sets(model, images, [first])
+    for name, tolerance in (("openvino-fp32", 1e-4), ("openvino-int8", None)):
+        backend = get_backend(shipped_model, name, cache=False, tta=False)
+        sets = ex.openvino_feature_sets(ex.openvino_feature_model(backend.model), images, batch_size=16)
+        pairs = [(sets["penultimate"], keras_sets["penultimate"]), (sets["logits"], keras_sets["logits"]),
+                 (sets["first_stage"], keras_sets[first])]
+        for ov_value, keras_value in pairs:
+            assert ov_value.shape == keras_value.shape
+            if tolerance:
+                assert np.abs(ov_value - keras_value).max() < tolerance * max(1.0, np.abs(keras_value).max())
+            else:
+                assert np.corrcoef(ov_value.ravel(), keras_value.ravel())[0, 1] > 0.95
