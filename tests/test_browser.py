@@ -307,11 +307,9 @@ def test_training_live_chart_then_results_and_confusion_gallery(server, browser)
     name = re.search(r"Saved as (\S+?);", text).group(1)
     assert_no_errors(page)
 
-    # the run appears in Results: choose it in the sidebar and click a confusion-matrix cell
-    page.goto(f"{server['url']}/results")
-    wait_idle(page)
-    page.locator(".st-key-current_run").click()
-    page.get_by_role("option", name=re.compile(re.escape(name))).click()
+    # the finished run is this session's current run: Results (same session, through the page
+    # link) shows it; click a confusion-matrix cell
+    page.get_by_role("link", name="Results").click()
     wait_idle(page)
     page.locator("[data-testid='stMain'] [data-testid='stCaptionContainer']").filter(
         has_text=name).first.wait_for(timeout=30_000)  # Results now shows the new run
@@ -432,8 +430,10 @@ def test_upload_draw_and_sessions_during_training_with_stop(server, browser):
             drawer.mouse.move(box["x"] + x0 + (x1 - x0) * k / 10, box["y"] + y0 + (y1 - y0) * k / 10)
         drawer.mouse.up()
     drawer.locator(".st-key-bars_draw").wait_for(timeout=30_000)
-    wait_idle(drawer)
-    assert drawer.locator("[data-testid='stMain'] h3").last.inner_text() == "Trouser"
+    # each stroke sends the canvas; the answer to the whole drawing comes with the last one
+    drawer.wait_for_function("""() => { const h = document.querySelectorAll('[data-testid="stMain"] h3');
+                                        return h.length && h[h.length - 1].innerText === 'Trouser'; }""",
+                             timeout=60_000)
     assert_no_errors(drawer)
 
     # the form is locked while the job runs; the trainer leaves the page and the training keeps going
