@@ -2,7 +2,7 @@
 for a run, measured with the Keras model's penultimate features.
 
 * Calibration: temperature fitted on the run's validation split, ECE (15 bins) on the test set before
-  and after.
+  and after, for the Keras logits and for each backend's own answers (with the run's flip averaging).
 * Unfamiliar inputs: AUROC of each score (1 - max softmax, energy, Mahalanobis and k-NN distance on
   penultimate features, Mahalanobis on the first stage's mean activations, and their combination) for
   drawn digits vs Fashion-MNIST items, hat photos vs real photos of the ten classes, noise and plain
@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--photos-dir", default=str(SHARED_DATA),
                         help="folder holding unfamiliar-photos/, clothing-photos/, product-photos/")
     parser.add_argument("--backend", default="openvino-fp32", help="backend for the occlusion timing")
+    parser.add_argument("--calibration-backends", default="openvino-fp32,openvino-int8",
+                        help="comma-separated backends whose own answers are calibrated and measured too")
     parser.add_argument("--train-limit", type=int, default=0,
                         help="use this many training items for the feature statistics (0: all)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -111,7 +113,7 @@ def occlusion_p50_ms(predictor, image: np.ndarray, repeats: int = 30) -> float:
 
 
 def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-fp32", train_limit: int = 0,
-            progress=lambda text: None) -> dict:
+            calibration_backends: tuple[str, ...] = (), progress=lambda text: None) -> dict:
     """Every figure of the module docstring for one run, as a JSON-ready dict."""
     from fmnist import calibration as cal
     from fmnist import familiarity as fam
@@ -178,6 +180,14 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
         cal.softmax(feats["val"]["logits"]), splits.y_val, test_probs, dataset.y_test).items()
         if not k.startswith("reliability")}
 
+    for name in calibration_backends:
+        progress(f"calibration through {name} (the run's flip averaging as configured)")
+        predictor = get_backend(run_dir, name)
+        found = cal.calibration_report(predictor.predict_proba(splits.x_val), splits.y_val,
+                                       predictor.predict_proba(dataset.x_test), dataset.y_test)
+        report.setdefault("calibration_by_backend", {})[name] = {
+            k: v for k, v in found.items() if not k.startswith("reliability")}
+
     correct = test_probs.argmax(axis=1) == dataset.y_test
     progress("nearest training items of the test set")
     nearest, _ = fam.nearest_neighbours(train["penultimate"], feats["test"]["penultimate"][correct], k=1)
@@ -198,8 +208,10 @@ def format_report(report: dict) -> str:
         lines.append(f"{'':20s} flagged at threshold {s['threshold']:.4g}: " +
                      ", ".join(f"{k} {v:.1%}" for k, v in s["flagged"].items()))
     c = report["calibration"]
-    lines += ["", f"temperature {c['temperature']:.3f} (fitted on validation): test ECE {c['ece_uncalibrated']:.2%} -> "
+    lines += ["", f"Keras logits: temperature {c['temperature']:.3f} (fitted on validation): test ECE {c['ece_uncalibrated']:.2%} -> "
               f"{c['ece']:.2%}, NLL {c['nll_uncalibrated']:.4f} -> {c['nll']:.4f}",
+              *(f"  through {name}: temperature {b['temperature']:.3f}, test ECE {b['ece_uncalibrated']:.2%} -> "
+                f"{b['ece']:.2%}" for name, b in report.get("calibration_by_backend", {}).items()),
               f"nearest training item has the same label: {report['neighbours_same_label']:.2%} "
               "of correctly classified test items"]
     lines += [f"occlusion map of one image, {k}: {v:.1f} ms p50" for k, v in report["occlusion_p50_ms"].items()]
@@ -213,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = resolve_checked_run(args.run, args.runs_dir)
     dataset = load_fashion_mnist(args.data_dir, download=False)
-    report = measure(run_dir, dataset, Path(args.photos_dir), args.backend, args.train_limit,
+    backends = tuple(b.strip() for b in args.calibration_backends.split(",") if b.strip())
+    report = measure(run_dir, dataset, Path(args.photos_dir), args.backend, args.train_limit, backends,
                      progress=lambda text: print(text, file=sys.stderr, flush=True))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
