@@ -8,6 +8,8 @@
   image and the first layer's filters, as plain arrays.
 * `feature_sets`, `penultimate_features`: the features the last layer classifies, the logits and
   per-stage mean activations, for `fmnist.familiarity` (unfamiliar score, nearest training items).
+* `openvino_feature_model`, `openvino_feature_sets`: the same features from a run's verified OpenVINO
+  IR (FP32 or INT8), without TensorFlow.
 * `rank_correlation`: how alike two maps are (the randomisation sanity check of Adebayo et al., 2018).
 
 Every map is float32 over the 28x28 input the model saw; higher = more evidence for the target class.
@@ -51,6 +53,9 @@ def occlusion_maps(predict_proba: Callable[[np.ndarray], np.ndarray], images: np
     x = as_batch(images)[..., 0]
     windows = occlusion_windows(patch, stride)
     n, w = len(x), len(windows)
+    if n == 0:
+        return {"maps": np.zeros((0, SIDE, SIDE), np.float32), "targets": np.zeros(0, np.int64),
+                "probabilities": np.zeros((0, 10), np.float32)}
     batch = np.repeat(x[:, None], w + 1, axis=1)  # (N, W + 1, 28, 28); index 0 stays whole
     for i, (r, c) in enumerate(windows, start=1):
         batch[:, i, r:r + patch, c:c + patch] = fill
@@ -58,8 +63,7 @@ def occlusion_maps(predict_proba: Callable[[np.ndarray], np.ndarray], images: np
     probs = probs.reshape(n, w + 1, -1)
     base = probs[:, 0]
     chosen = base.argmax(axis=1) if targets is None else np.asarray(targets, dtype=np.int64).ravel()
-    if len(chosen) != n:
-        raise ValueError(f"{n} images but {len(chosen)} targets")
+    check_targets(chosen, n, probs.shape[2])
     occluded = np.take_along_axis(probs[:, 1:], chosen[:, None, None], axis=2)[..., 0]  # (N, W)
     drops = base[np.arange(n), chosen][:, None] - occluded
     total = np.zeros((n, SIDE, SIDE))
@@ -69,6 +73,14 @@ def occlusion_maps(predict_proba: Callable[[np.ndarray], np.ndarray], images: np
         cover[r:r + patch, c:c + patch] += 1
     return {"maps": (total / cover).astype(np.float32), "targets": chosen,
             "probabilities": base.astype(np.float32)}
+
+
+def check_targets(targets: np.ndarray, n_images: int, n_classes: int = 10) -> None:
+    """ValueError unless there is one class index in 0..n_classes-1 per image."""
+    if len(targets) != n_images:
+        raise ValueError(f"{n_images} images but {len(targets)} targets")
+    if len(targets) and (targets.min() < 0 or targets.max() >= n_classes):
+        raise ValueError(f"targets must be class indices 0..{n_classes - 1}, got {targets.tolist()}")
 
 
 def penultimate_layer_output(model):
@@ -174,8 +186,7 @@ def _target_gradients(model, x: np.ndarray, targets: np.ndarray | list[int] | No
         logits = _logits(model, features)
         chosen = (np.asarray(tf.argmax(logits, axis=1)) if targets is None
                   else np.asarray(targets, dtype=np.int64).ravel())
-        if len(chosen) != len(x):
-            raise ValueError(f"{len(x)} images but {len(chosen)} targets")
+        check_targets(chosen, len(x), int(logits.shape[1]))
         score = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
     return np.asarray(acts), np.asarray(tape.gradient(score, acts)), chosen
 

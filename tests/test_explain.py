@@ -175,6 +175,11 @@ def test_occlusion_uses_one_call_and_points_at_the_pixels_that_matter():
     assert maps[2, 10:14, 5:9].max() < -0.1  # for class 0 the same region counts against
     default = ex.occlusion_maps(predictor.predict_proba, images[:1])
     assert default["targets"].tolist() == [1]  # the predicted class by default
+    assert ex.occlusion_maps(predictor.predict_proba, images[:0])["maps"].shape == (0, 28, 28)
+    with pytest.raises(ValueError, match="class indices"):
+        ex.occlusion_maps(predictor.predict_proba, images[:1], targets=[10])
+    with pytest.raises(ValueError, match="2 targets"):
+        ex.occlusion_maps(predictor.predict_proba, images[:1], targets=[1, 1])
 
 
 def test_occlusion_windows_cover_every_pixel():
@@ -288,6 +293,8 @@ def test_grad_cam_targets_and_layer(tiny_models, probe):
     assert early.shape == (4, 28, 28)
     with pytest.raises(ValueError, match="targets"):
         ex.grad_cam(trained, x[:4], targets=[0])
+    with pytest.raises(ValueError, match="class indices"):
+        ex.grad_cam(trained, x[:1], targets=[-1])
 
 
 @pytest.mark.slow
