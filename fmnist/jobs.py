@@ -1,9 +1,11 @@
 """Training jobs for a server with many browser sessions: a queue, one training at a time.
 
-Each job belongs to a session id, runs in its own child process (multiprocessing "spawn": the
+Each job belongs to a session id, runs in its own child process (`fmnist.child`, "spawn": the
 memory TensorFlow takes is returned when the training ends, a job can be killed, and the web
-server's process stays responsive) and reports its events over a queue. A scheduler thread
-drains the events into the job and starts the next queued job when the current one ends.
+server's process stays responsive) and reports its events over the child's pipe. A scheduler
+thread relays the events into the job, reaps ended children, starts the next queued job when the
+current one ends, and forgets all but the `keep_finished` (50) most recent finished jobs, so the
+server's memory stays flat however long it runs.
 
 A job is watched by every session attached to it: the one that started it, and any later one that
 names it (a reload, a second tab, a reconnection after a dropped network). Only when none of them
@@ -23,60 +25,54 @@ read from any thread. Nothing here imports Streamlit; the app passes a session-l
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
 import os
-import queue as queue_mod
 import shutil
-import sys
 import threading
-import types
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
+
+from fmnist.child import Child, Link
 
 ACTIVE = ("queued", "starting", "running")
 TERMINAL = ("completed", "stopped", "failed", "cancelled")
 MAX_BATCH_POINTS = 1500  # per-batch points kept for live charts (older points are thinned)
 ORPHAN_GRACE_S = 600.0  # a job nobody has watched for this long may be stopped (see the module doc)
 STATUS_COMPILING = "compiling the model (the first batch takes a few seconds)"
+KEEP_FINISHED = 50  # finished jobs kept for pages to find again; older ones are forgotten
 
 
-def _child_main(config_dict: dict, runs_root: str | None, data_dir: str | None, run_name: str,
-                events, stop_event, dataset, export: bool = True) -> None:
-    """Entry point of the training child process: train and forward every event to the parent.
+def _train_main(link: Link, config_dict: dict, runs_root: str | None, data_dir: str | None, run_name: str,
+                dataset, export: bool = True, own_process: bool = True) -> None:
+    """What a training child runs (fmnist.child relays its events; an exception becomes a `failed` event).
 
-    The child runs at a lower CPU priority (FMNIST_TRAIN_NICE, default 5) so that sessions that
+    A child process runs at a lower CPU priority (FMNIST_TRAIN_NICE, default 5) so that sessions that
     classify meanwhile are answered first (on 2 cores, at nice 0 answers took 2.3-4 s instead of
     under 2 s); the price is some training speed while pages refresh (see docs/app.md)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        os.nice(int(os.environ.get("FMNIST_TRAIN_NICE", "5")))
-    except (OSError, ValueError, AttributeError):
-        pass
-    try:
-        from fmnist.training import TrainConfig, import_tensorflow_quietly, train
+    from fmnist.config import TrainConfig
 
-        config = TrainConfig.from_dict(config_dict)
-        events.put({"kind": "status", "message": "loading TensorFlow"})
+    if own_process:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        try:
+            os.nice(int(os.environ.get("FMNIST_TRAIN_NICE", "5")))
+        except (OSError, ValueError, AttributeError):
+            pass
+    config = TrainConfig.from_dict(config_dict)
+    from fmnist.training import import_tensorflow_quietly, train
+
+    if own_process:
+        link.emit({"kind": "status", "message": "loading TensorFlow"})
         # TensorFlow's C++ start-up notices (oneDNN, "failed call to cuInit") went to the server's
         # terminal on every training; they are noise there, so they are silenced at the import
         import_tensorflow_quietly()
-        train(config, dataset, data_dir=data_dir, listeners=[events.put], stop_event=stop_event,
-              runs_root=runs_root, run_name=run_name, export=export)
-    except BaseException as exc:  # report anything, including an import failure, as a failed job
-        events.put({"kind": "failed", "run_dir": None, "message": f"{type(exc).__name__}: {exc}"})
-    finally:
-        events.put({"kind": "_exit"})
-        events.close()
-        events.join_thread()
+    train(config, dataset, data_dir=data_dir, listeners=[link.emit], stop_event=link.stop, runs_root=runs_root,
+          run_name=run_name, export=export)
 
 
 @dataclass
 class Job:
-    """One training request. Mutated only by the manager's scheduler thread, under `_lock`."""
+    """One training request. Its state changes only through the methods below, under its own lock."""
 
     id: str
     session_id: str
@@ -105,7 +101,6 @@ class Job:
     _stride: int = 1
     _seen_batches: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _stop_event: Any = field(default=None, repr=False)
     _manager: Any = field(default=None, repr=False)
 
     # -- called by pages -------------------------------------------------------------------
@@ -131,15 +126,14 @@ class Job:
         snap["active"] = snap["status"] in ACTIVE
         return snap
 
-    # -- called by the scheduler ------------------------------------------------------------
-    def _apply(self, event: dict) -> None:
+    # -- called by the manager ---------------------------------------------------------------
+    def apply(self, event: dict) -> None:
+        """Record one training event (the dicts `fmnist.training.train` sends its listeners)."""
         kind = event.get("kind")
         with self._lock:
             if kind == "batch":
                 self.status = "running"
                 self.last_batch = event
-                if self.status_message == STATUS_COMPILING:
-                    self.status_message = "training"  # compiled: the first batch is done
                 self._seen_batches += 1
                 if (self._seen_batches - 1) % self._stride == 0:
                     self.batches.append((event["global_step"], event["batch_loss"], event["batch_accuracy"]))
@@ -161,26 +155,80 @@ class Job:
                 self.test_accuracy = event.get("test_accuracy")
                 self.ended = time.time()
 
+    def watch(self, session_id: str, owner: bool = False) -> None:
+        """Add a watching session (owner: it becomes the job's session too)."""
+        with self._lock:
+            self.sessions.add(session_id)
+            self.session_gone_since = None
+            if owner:
+                self.session_id = session_id
+
+    def watchers(self) -> set[str]:
+        with self._lock:
+            return set(self.sessions) | {self.session_id}
+
+    def unwatched_for(self, watched: bool, now: float) -> float:
+        """Record whether any watcher is alive now; seconds since the last one went (0 while watched)."""
+        with self._lock:
+            if watched:
+                self.session_gone_since = None
+                return 0.0
+            if self.session_gone_since is None:
+                self.session_gone_since = now
+            return now - self.session_gone_since
+
+    def begin(self) -> None:
+        with self._lock:
+            self.status, self.started = "starting", time.time()
+            self.status_message = "starting a training process"
+
+    def request_stop(self) -> bool:
+        """Cancel a queued job (False), or mark an active one for stopping (True: signal its child)."""
+        with self._lock:
+            if self.status == "queued":
+                self.status, self.message, self.ended = "cancelled", "cancelled before it started", time.time()
+                self.dataset = None
+                return False
+            if self.status not in ACTIVE:
+                return False
+            if not self.stop_requested:
+                self.stop_requested, self.stop_requested_at = True, time.time()
+            return True
+
+    def end(self, killed: bool, exitcode: int | None) -> None:
+        """The child has gone: a job still active ended without its final event (killed or crashed)."""
+        with self._lock:
+            if self.status in ACTIVE:
+                self.status = "stopped" if killed else "failed"
+                self.message = ("training was ended without saving (its session closed)" if killed else
+                                f"the training process ended unexpectedly (exit code {exitcode})")
+                self.ended = time.time()
+            self.dataset = None
+
 
 class JobManager:
     """A FIFO of training jobs with at most `max_running` trainings at once (default 1).
 
     use_process=False trains in a thread of this process instead of a child (quicker start, for
-    tests); stop works the same way, but a thread cannot be killed.
+    tests); stop works the same way, but a thread cannot be killed. Only the `keep_finished` most
+    recent finished jobs are kept (older ones are forgotten), so memory stays flat on a server that
+    runs for months.
     """
 
     def __init__(self, max_running: int = 1, use_process: bool = True, orphan_grace_s: float = ORPHAN_GRACE_S,
-                 poll_s: float = 0.1, export: bool = True):
+                 poll_s: float = 0.1, export: bool = True, keep_finished: int = KEEP_FINISHED):
         self.max_running = max_running
         self.export = export
         self.use_process = use_process
         self.orphan_grace_s = orphan_grace_s
         self.poll_s = poll_s
+        self.keep_finished = keep_finished
         self._jobs: dict[str, Job] = {}
         self._order: list[str] = []
         self._lock = threading.RLock()
+        self._relay_lock = threading.Lock()  # one reader of the children's pipes at a time
         self._wake = threading.Event()
-        self._running: dict[str, dict] = {}  # job id -> {"proc"/"thread", "events"}
+        self._children: dict[str, tuple[Job, Child]] = {}  # job id -> the job and its training child
         self._session_alive: Callable[[str], bool] | None = None
         self._closed = False
         self._counter = itertools.count(1)
@@ -197,8 +245,8 @@ class JobManager:
                data_dir: str | os.PathLike | None = None, dataset=None, export: bool | None = None) -> Job:
         """Queue a training (a TrainConfig or its dict); validated here so bad input fails early.
         export=None uses the manager's default (FMNIST_JOBS_EXPORT=0 turns the OpenVINO export off)."""
+        from fmnist.config import TrainConfig
         from fmnist.runs import new_run_name
-        from fmnist.training import TrainConfig
 
         if not isinstance(config, TrainConfig):
             config = TrainConfig.from_dict(config)
@@ -220,6 +268,11 @@ class JobManager:
         with self._lock:
             return self._jobs.get(job_id) if job_id else None
 
+    def jobs(self) -> list[Job]:
+        """Every job the manager still keeps, oldest first."""
+        with self._lock:
+            return [self._jobs[j] for j in self._order]
+
     def jobs_for(self, session_id: str) -> list[Job]:
         with self._lock:
             return [self._jobs[j] for j in self._order if session_id in self._jobs[j].sessions]
@@ -228,23 +281,30 @@ class JobManager:
         with self._lock:
             return [self._jobs[j] for j in self._order if self._jobs[j].status in ACTIVE]
 
+    def children(self) -> int:
+        """How many training children (processes or threads) have not been reaped yet."""
+        with self._lock:
+            return len(self._children)
+
+    def pid(self, job_id: str) -> int | None:
+        """The process id of a job's training child while it runs (None in thread mode or when none)."""
+        with self._lock:
+            entry = self._children.get(job_id)
+        return entry[1].pid if entry is not None else None
+
     def attach(self, job_id: str, session_id: str) -> Job | None:
         """Add a session to the job's watchers (a reload, a second tab, a reconnection): the job
-        is orphaned only when every watcher has gone. Any job, active or ended, can be found again."""
+        is orphaned only when every watcher has gone. Any job the manager keeps can be found again."""
         job = self.get(job_id)
-        if job is None:
-            return None
-        with job._lock:
-            job.sessions.add(session_id)
-            job.session_gone_since = None
+        if job is not None:
+            job.watch(session_id)
         return job
 
     def adopt(self, job_id: str, session_id: str) -> Job | None:
         """Attach a session and make it the job's owner (the session a reload opened)."""
-        job = self.attach(job_id, session_id)
+        job = self.get(job_id)
         if job is not None:
-            with job._lock:
-                job.session_id = session_id
+            job.watch(session_id, owner=True)
         return job
 
     def queue_position(self, job_id: str) -> int:
@@ -254,38 +314,36 @@ class JobManager:
             return waiting.index(job_id) + 1 if job_id in waiting else 0
 
     def stop(self, job_id: str) -> None:
+        """Cancel a queued job, or ask a running one to stop at its next batch. The events its child
+        sent before the request are recorded before this returns, so a snapshot taken now shows where
+        the training was when it was asked to stop."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None:
+            if job is None or not job.request_stop():
                 return
-            with job._lock:
-                if job.status == "queued":
-                    job.status, job.message, job.ended = "cancelled", "cancelled before it started", time.time()
-                    job.dataset = None
-                    return
-                if job.status not in ACTIVE:
-                    return
-                if not job.stop_requested:
-                    job.stop_requested, job.stop_requested_at = True, time.time()
-                if job._stop_event is not None:
-                    job._stop_event.set()
+            child = self._children.get(job_id, (None, None))[1]
+            if child is not None:
+                child.request_stop()
+        if child is not None:
+            self._relay(job, child)
         self._wake.set()
 
     def kill(self, job_id: str) -> None:
         """End a job's child process now (no saving) and remove its half-written run."""
         with self._lock:
-            entry = self._running.get(job_id)
+            child = self._children.get(job_id, (None, None))[1]
             job = self._jobs.get(job_id)
         if job is not None and job.status == "queued":
             self.stop(job_id)
             return
-        if entry and entry.get("proc") is not None:
-            entry["proc"].kill()
-            entry["killed"] = True
+        if child is not None:
+            child.kill()
         self._wake.set()
 
-    def forget_finished(self, keep: int = 50) -> None:
-        """Drop old finished jobs' logs so memory stays flat on a long-running server."""
+    def forget_finished(self, keep: int | None = None) -> None:
+        """Drop all but the `keep` (default keep_finished) most recent finished jobs and their logs.
+        The scheduler calls it on every tick, so memory stays flat on a long-running server."""
+        keep = self.keep_finished if keep is None else keep
         with self._lock:
             done = [j for j in self._order if self._jobs[j].status in TERMINAL]
             for job_id in done[:-keep] if keep else done:
@@ -310,161 +368,85 @@ class JobManager:
         for job_id in ids:
             self.stop(job_id)
         deadline = time.monotonic() + timeout
-        while self._running and time.monotonic() < deadline:
+        while self.children() and time.monotonic() < deadline:
             time.sleep(0.05)
-        for job_id in list(self._running):
+        with self._lock:
+            left = list(self._children)
+        for job_id in left:
             self.kill(job_id)
         self._wake.set()
         self._thread.join(timeout=5)
 
-    # -- scheduler -------------------------------------------------------------------------------
+    # -- scheduler: one tick relays events, reaps ended children, checks sessions, starts jobs ------
     def _loop(self) -> None:
         while True:
             self._wake.wait(self.poll_s)
             self._wake.clear()
             try:
-                self._drain()
+                with self._lock:
+                    running = list(self._children.values())
+                for job, child in running:
+                    self._relay(job, child)
+                    if child.ended or not child.is_alive():
+                        self._reap(job, child)
                 self._check_sessions()
                 self._start_next()
+                self.forget_finished()
             except Exception as exc:  # the scheduler must survive anything a job does
                 print(f"fmnist.jobs scheduler error: {type(exc).__name__}: {exc}")
-            if self._closed and not self._running:
+            if self._closed and not self.children():
                 return
 
     def _start_next(self) -> None:
+        """Start the first queued job in a child when a slot is free."""
         with self._lock:
-            if self._closed or len(self._running) >= self.max_running:
+            if self._closed or len(self._children) >= self.max_running:
                 return
             nxt = next((self._jobs[j] for j in self._order if self._jobs[j].status == "queued"), None)
             if nxt is None:
                 return
-            with nxt._lock:
-                nxt.status, nxt.started = "starting", time.time()
-                nxt.status_message = "starting a training process"
-            if self.use_process:
-                ctx = mp.get_context("spawn")
-                events, stop_event = ctx.Queue(), ctx.Event()
-                proc = ctx.Process(target=_child_main, name=f"fmnist-train-{nxt.id}", daemon=True,
-                                   args=(nxt.config, nxt.runs_root, nxt.data_dir, nxt.run_name, events,
-                                         stop_event, nxt.dataset, nxt.export))
-                nxt._stop_event = stop_event
-                if nxt.stop_requested:
-                    stop_event.set()
-                with _plain_main():
-                    proc.start()
-                self._running[nxt.id] = {"proc": proc, "events": events}
-            else:
-                events, stop_event = queue_mod.Queue(), threading.Event()
-                nxt._stop_event = stop_event
-                thread = threading.Thread(target=_thread_main, name=f"fmnist-train-{nxt.id}", daemon=True,
-                                          args=(nxt, events, stop_event))
-                thread.start()
-                self._running[nxt.id] = {"thread": thread, "events": events}
+            nxt.begin()
+            args = (nxt.config, nxt.runs_root, nxt.data_dir, nxt.run_name, nxt.dataset, nxt.export, self.use_process)
+            child = Child(_train_main, args, name=f"fmnist-train-{nxt.id}", in_thread=not self.use_process,
+                          stop_requested=nxt.stop_requested)
+            self._children[nxt.id] = (nxt, child)
 
-    def _drain(self) -> None:
+    def _relay(self, job: Job, child: Child, limit: int = 2000) -> None:
+        """Apply the events a job's child has sent so far (bounded, so other work still happens)."""
+        with self._relay_lock:
+            for event in child.drain(limit):
+                job.apply(event)
+
+    def _reap(self, job: Job, child: Child) -> None:
+        """The child has ended (or died): collect it, settle the job, remove a half-written run."""
+        with self._relay_lock:
+            for event in child.drain(limit=1 << 30):  # the last events, up to the end marker
+                job.apply(event)
+        code = child.close(grace_s=10 if child.ended else 0)
+        job.end(child.killed, code)
+        if job.status != "completed" or child.killed:
+            _remove_staging(job)
         with self._lock:
-            running = list(self._running.items())
-        for job_id, entry in running:
-            job = self._jobs[job_id]
-            exited = False
-            for _ in range(2000):  # bounded per tick so other work still happens
-                try:
-                    event = entry["events"].get_nowait()
-                except (queue_mod.Empty, EOFError, OSError):
-                    break
-                if event.get("kind") == "_exit":
-                    exited = True
-                    break
-                job._apply(event)
-            proc = entry.get("proc")
-            alive = proc.is_alive() if proc is not None else entry["thread"].is_alive()
-            if exited or not alive:
-                if proc is not None:
-                    if exited:
-                        proc.join(timeout=10)
-                    if proc.is_alive():
-                        proc.kill()
-                    proc.join(timeout=5)
-                    code = proc.exitcode
-                    entry["events"].close()
-                else:
-                    code = 0
-                with job._lock:
-                    if job.status in ACTIVE:  # ended without a final event: killed or crashed
-                        job.status = "stopped" if entry.get("killed") else "failed"
-                        job.message = ("training was ended without saving (its session closed)"
-                                       if entry.get("killed") else
-                                       f"the training process ended unexpectedly (exit code {code})")
-                        job.ended = time.time()
-                    job.dataset = None
-                    job._stop_event = None
-                if job.status != "completed" or entry.get("killed"):
-                    _remove_staging(job)
-                with self._lock:
-                    self._running.pop(job_id, None)
-                self._wake.set()
+            self._children.pop(job.id, None)
+        self._wake.set()
 
     def _check_sessions(self) -> None:
+        """Stop (then kill) jobs none of whose watching sessions has been alive for the grace period."""
         alive = self._session_alive
         if alive is None:
             return
         now = time.time()
         for job in self.active_jobs():
-            with job._lock:
-                watchers = set(job.sessions) | {job.session_id}
             try:
-                ok = any(alive(sid) for sid in watchers)
+                watched = any(alive(sid) for sid in job.watchers())
             except Exception:
-                ok = True
-            with job._lock:
-                if ok:
-                    job.session_gone_since = None
-                    continue
-                if job.session_gone_since is None:
-                    job.session_gone_since = now
-                gone_for = now - job.session_gone_since
-            if gone_for >= self.orphan_grace_s:
-                if job.status == "queued":
-                    self.stop(job.id)
-                elif not job.stop_requested:
+                watched = True
+            gone_for = job.unwatched_for(watched, now)
+            if not watched and gone_for >= self.orphan_grace_s:
+                if job.status == "queued" or not job.stop_requested:
                     self.stop(job.id)  # graceful first: best weights are saved as a stopped run
                 elif gone_for >= self.orphan_grace_s + 120:
                     self.kill(job.id)
-
-
-_MAIN_LOCK = threading.Lock()
-
-
-@contextmanager
-def _plain_main() -> Iterator[None]:
-    """Start a spawned child with a bare `__main__`.
-
-    "spawn" re-runs the parent's `__main__` file in the child. Inside `streamlit run` that is the
-    app script itself (Streamlit installs each script run as `__main__`), so every training child
-    ran streamlit_app.py without a server: the terminal filled with "to view a Streamlit app on a
-    browser...", "Session state does not function..." and "missing ScriptRunContext" warnings, and
-    the child paid for the app's imports. The child needs nothing from `__main__`.
-    """
-    with _MAIN_LOCK:
-        saved = sys.modules.get("__main__")
-        sys.modules["__main__"] = types.ModuleType("__main__")
-        try:
-            yield
-        finally:
-            if saved is not None:
-                sys.modules["__main__"] = saved
-
-
-def _thread_main(job: Job, events: queue_mod.Queue, stop_event: threading.Event) -> None:
-    try:
-        from fmnist.training import TrainConfig, train
-
-        train(TrainConfig.from_dict(job.config), job.dataset, data_dir=job.data_dir, listeners=[events.put],
-              stop_event=stop_event, runs_root=job.runs_root, run_name=job.run_name, export=job.export)
-    except BaseException as exc:
-        events.put({"kind": "failed", "run_dir": None, "message": f"{type(exc).__name__}: {exc}"})
-    finally:
-        events.put({"kind": "_exit"})
 
 
 def _remove_staging(job: Job) -> None:

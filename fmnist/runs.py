@@ -213,9 +213,6 @@ def build_manifest(folder: str | os.PathLike, format: str = RUN_FORMAT) -> dict:
     return {"format": format, "files": files}
 
 
-_manifest_for = build_manifest  # TODO(issue 13): the tests' old name, removed when they use build_manifest
-
-
 def write_manifest(folder: str | os.PathLike) -> Path:
     """Write a run folder's manifest.json for the files it holds now (atomically)."""
     return atomic_write_json(Path(folder) / MANIFEST, build_manifest(folder))

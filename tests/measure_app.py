@@ -167,7 +167,7 @@ def _app_training(url: str, runs: Path, epochs: int, limit: int, batch: int) -> 
         page.locator(".st-key-lr_preview .js-plotly-plot").wait_for(timeout=60_000)  # as a user sees it
         with CpuSampler() as cpu:
             t0 = time.monotonic()
-            tb._start_training(page, epochs=epochs, limit=limit, batch_size=batch)
+            tb.start_training(page, epochs=epochs, limit=limit, batch_size=batch)
             page.locator("[data-testid='stAlertContentSuccess']").get_by_text("Finished").wait_for(timeout=1_800_000)
             wall = time.monotonic() - t0
         browser.close()
@@ -220,7 +220,7 @@ def steady(args) -> None:
             sample(f"{path} page, idle")
             page.close()
         page = tb.open_page(browser, f"{url}/train")
-        tb._start_training(page, epochs=30, limit=10_000, batch_size=128)
+        tb.start_training(page, epochs=30, limit=10_000, batch_size=128)
         page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=180_000)
         sample("train page, training")
         page.get_by_role("link", name="Data").click()
@@ -240,7 +240,7 @@ def sessions(args) -> None:
             sync_playwright() as p:
         browser = launch(p)
         trainer = tb.open_page(browser, f"{url}/train")
-        tb._start_training(trainer, epochs=200, limit=20_000, widths="16,32,64")
+        tb.start_training(trainer, epochs=200, limit=20_000, widths="16,32,64")
         trainer.wait_for_function("() => document.querySelector('.st-key-live_batches .js-plotly-plot')",
                                   timeout=120_000)
         pages = [tb.open_page(browser, f"{url}/classify") for _ in range(2)]
@@ -248,7 +248,7 @@ def sessions(args) -> None:
         with CpuSampler() as cpu:
             for r in range(args.rounds + 1):  # round 0 loads plotly.js in each page: not counted
                 images = [ds.x_test[2 * r], ds.x_test[2 * r + 1]]
-                _, seconds = tb._classify_together(pages, images, f"r{r}", r + 1)
+                _, seconds = tb.classify_together(pages, images, f"r{r}", r + 1)
                 if r:
                     times += seconds
                 print(f"  round {r}: {[round(t, 2) for t in seconds]} s", flush=True)

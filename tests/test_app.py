@@ -73,14 +73,17 @@ def app(runs_dir, monkeypatch):
     from streamlit.runtime.pages_manager import PagesManager
     from streamlit.testing.v1 import AppTest
 
+    from pages._navigation import leave_legacy_pages_mode
+
     # AppTest resets Streamlit's pages-directory flag before every run, so every run would start in
-    # the legacy mode that pages/_state.ensure_navigation() leaves with a rerun (once per server in
-    # production), and the rerun drops that run's button clicks. Start each run as a served app does.
+    # the legacy mode that pages/_navigation.ensure_navigation() leaves with a rerun (once per server
+    # in production), and the rerun drops that run's button clicks. Start each run as a served app
+    # does, through the guard's own function (the one place that knows the flag).
     original_init = PagesManager.__init__
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
+        leave_legacy_pages_mode()
 
     monkeypatch.setattr(PagesManager, "__init__", init)
     monkeypatch.setenv("FMNIST_RUNS_DIR", str(runs_dir))
@@ -289,7 +292,7 @@ def test_tampered_test_probs_with_a_rewritten_manifest_is_reported_not_crashed(n
     else:
         buf.write(b"this is not a numpy file")
     (run / "test_probs.npy").write_bytes(buf.getvalue())
-    (run / "manifest.json").write_text(json.dumps(runs._manifest_for(run)))
+    runs.write_manifest(run)
     assert runs.verify_run(run).usable  # the manifest matches: only the content can tell
     with pytest.raises(ValueError, match="test_probs.npy"):
         runs.load_test_probs(run)

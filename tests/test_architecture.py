@@ -5,7 +5,7 @@
   module names given as strings (`importlib.import_module("fmnist.x")`, `__import__`).
 * No module uses another module's private name: no `from X import _name`, no `X._name` on a
   module or on an object that is not the module's own (`self`, `cls`), in fmnist/, pages/ and
-  tests/. KNOWN_PRIVATE lists, by name, the few uses left for a later change to remove.
+  tests/. KNOWN_PRIVATE (empty) would list, by name, a use left for a later change to remove.
 """
 
 from __future__ import annotations
@@ -34,20 +34,9 @@ LAYERS: list[tuple[str, set[str]]] = [
 ]
 LAYER_OF = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 
-# Private names still used across modules, each to be removed by the next change (file, name).
-KNOWN_PRIVATE: set[tuple[str, str]] = {
-    ("fmnist/jobs.py", "_lock"),  # JobManager reaches into Job's lock and stop event
-    ("fmnist/jobs.py", "_stop_event"),
-    ("fmnist/jobs.py", "_apply"),
-    ("tests/test_jobs.py", "_jobs"),  # the manager's internals instead of its public state
-    ("tests/test_jobs.py", "_running"),
-    ("tests/test_runs.py", "_manifest_for"),  # waits for one public manifest API
-    ("tests/test_app.py", "_manifest_for"),
-    ("tests/test_newcomer.py", "_state"),  # pages/_state.py, to be split by concern
-    ("tests/test_training.py", "_learning_rate"),  # Keras's private schedule attribute
-    ("tests/measure_app.py", "_start_training"),  # helpers of tests/test_browser.py
-    ("tests/measure_app.py", "_classify_together"),
-}
+# Private names still used across modules, each to be removed by the next change (file, name). Empty:
+# keep it so. A test that needs an internal uses a public function or a fixture instead.
+KNOWN_PRIVATE: set[tuple[str, str]] = set()
 
 
 def fmnist_modules() -> dict[str, Path]:
@@ -145,7 +134,7 @@ def _is_private(name: str) -> bool:
 def private_uses(path: Path) -> set[str]:
     """Names `_x` that a file takes from another module or object: `from X import _x`, `X._x` where X is
     anything but `self`/`cls` or a class defined in the same file. A package's own private module
-    (`from pages import _state` inside pages/: Streamlit lists every pages/*.py without a leading
+    (`from pages import _session` inside pages/: Streamlit lists every pages/*.py without a leading
     underscore as a page) is its package's to use."""
     tree = ast.parse(path.read_text(), str(path))
     own_classes = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}

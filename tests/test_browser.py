@@ -263,7 +263,7 @@ def _set_number(page, key: str, value) -> None:
     wait_idle(page)
 
 
-def _start_training(page, epochs: int, limit: int, batch_size: int = 128, widths: str | None = None) -> None:
+def start_training(page, epochs: int, limit: int, batch_size: int = 128, widths: str | None = None) -> None:
     page.get_by_text("custom", exact=True).click()
     wait_idle(page)
     if widths:
@@ -287,7 +287,7 @@ def _batches_drawn(page) -> int:
 
 def test_training_live_chart_then_results_and_confusion_gallery(server, browser):
     page = open_page(browser, f"{server['url']}/train")
-    _start_training(page, epochs=1, limit=4000, batch_size=16)  # 225 batches: several 2 s updates
+    start_training(page, epochs=1, limit=4000, batch_size=16)  # 225 batches: several 2 s updates
     steps, drawn, deadline = set(), 0, time.monotonic() + 180
     while time.monotonic() < deadline:  # progress and the live chart update while it trains
         for text in page.locator("[data-testid='stProgress']").all_inner_texts():
@@ -356,7 +356,7 @@ def known_item(ds, class_name: str, skip: int = 0) -> np.ndarray:
     raise AssertionError(f"no test item of {class_name} that the shipped model answers correctly")
 
 
-def _classify_together(pages, images, tag: str, nth: int) -> tuple[list[str], list[float]]:
+def classify_together(pages, images, tag: str, nth: int) -> tuple[list[str], list[float]]:
     """Both sessions upload at the same moment (session i: `session{i}{tag}.png`, a dark item on
     white like a photo); returns each session's predicted class and seconds to its answer."""
     t0 = time.monotonic()
@@ -384,7 +384,7 @@ def test_upload_draw_and_sessions_during_training_with_stop(server, browser):
 
     ds = load_fashion_mnist(DATA_DIR)
     trainer = open_page(browser, f"{server['url']}/train")
-    _start_training(trainer, epochs=200, limit=3000, widths="8,16,32")  # small: Stop saves it quickly
+    start_training(trainer, epochs=200, limit=3000, widths="8,16,32")  # small: Stop saves it quickly
     trainer.wait_for_function("() => document.querySelector('.st-key-live_batches .js-plotly-plot')",
                               timeout=120_000)
 
@@ -396,9 +396,9 @@ def test_upload_draw_and_sessions_during_training_with_stop(server, browser):
     # each session uploads items of its own classes; each must see its own item's class
     rounds = [("Trouser", "Bag"), ("Sneaker", "Dress"), ("Ankle boot", "Pullover")]
     items = [[known_item(ds, cls) for cls in pair] for pair in rounds]
-    first, warm = _classify_together(pages, items[0], "a", 1)  # loads the model
-    again, seconds = _classify_together(pages, items[1], "b", 2)
-    third, more = _classify_together(pages, items[2], "c", 3)
+    first, warm = classify_together(pages, items[0], "a", 1)  # loads the model
+    again, seconds = classify_together(pages, items[1], "b", 2)
+    third, more = classify_together(pages, items[2], "c", 3)
     seconds += more
     assert [first, again, third] == [list(pair) for pair in rounds]  # no session got the other's answer
     for i, p in enumerate(pages):

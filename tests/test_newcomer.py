@@ -144,16 +144,16 @@ def test_a_job_stays_alive_while_any_of_its_sessions_is(tiny_dataset, tmp_path):
 
 def test_spawned_children_do_not_rerun_the_app_script(tmp_path):
     """Inside `streamlit run`, `__main__` is the app script; "spawn" re-ran it in every training child
-    (the server's terminal filled with Streamlit warnings). _plain_main starts children without it."""
+    (the server's terminal filled with Streamlit warnings). fmnist.child.plain_main starts children without it."""
     script = tmp_path / "app_like.py"
     marker = tmp_path / "ran"
     script.write_text(f"open({str(marker)!r}, 'a').write('x')\n")
     code = f"""
 import multiprocessing as mp, runpy, sys, types
-from fmnist.jobs import _plain_main
+from fmnist.child import plain_main
 fake = types.ModuleType("__main__"); fake.__file__ = {str(script)!r}
 sys.modules["__main__"] = fake            # what Streamlit does for every script run
-with _plain_main():
+with plain_main():
     p = mp.get_context("spawn").Process(target=print, args=("child",)); p.start()
 p.join(60)
 assert sys.modules["__main__"] is fake and p.exitcode == 0
@@ -220,7 +220,7 @@ def test_train_form_mirrors_the_job_after_a_page_switch_and_its_run_becomes_curr
     assert app.query_params["job"] == [job_id] or app.query_params["job"] == job_id
     goto(app, "data")  # widget state of the Train page is gone after this
     goto(app, "train")
-    from pages._state import job_manager
+    from fmnist.jobs import get_manager as job_manager
 
     job = job_manager().get(job_id)
     if job.snapshot()["active"]:
@@ -255,7 +255,7 @@ def test_results_gallery_pages_beyond_the_first(app, needs_data):
 
 def test_ensure_loaded_keeps_loading_out_of_latency():
     """The first call of a backend is made (and timed) as loading, once per server."""
-    from pages import _state
+    from pages._resources import ensure_loaded
 
     class Slow:
         name, calls = "keras", 0
@@ -267,8 +267,8 @@ def test_ensure_loaded_keeps_loading_out_of_latency():
             return np.full((len(x), 10), 0.1)
 
     model = Slow()
-    _state.ensure_loaded(model)
-    _state.ensure_loaded(model)
+    ensure_loaded(model)
+    ensure_loaded(model)
     assert Slow.calls == 1
     t0 = time.perf_counter()
     model.predict_proba(np.zeros((1, 28, 28)))

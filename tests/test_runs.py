@@ -26,7 +26,7 @@ def run_copy(tiny_run, tmp_path):
 
 def _rewrite_manifest(run_dir):
     """What an attacker who knows the format would do: make the manifest match the planted files."""
-    manifest = runs._manifest_for(run_dir)
+    manifest = runs.build_manifest(run_dir)
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
