@@ -27,6 +27,7 @@ PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FLAG_FRACTION = 0.05  # of held-out Fashion-MNIST validation items called unfamiliar, for single scores
 KNN_K = 10
+REDUCED_DIMS = (16, 32)
 # validation fractions over the combined score's two thresholds (k-NN, first stage), picked by looking
 # at the development sets (digits, hats, photos; never the test set)
 COMBINED_FRACTIONS = (0.015, 0.005)
@@ -192,6 +193,23 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
     progress("nearest training items of the test set")
     nearest, _ = fam.nearest_neighbours(train["penultimate"], feats["test"]["penultimate"][correct], k=1)
     report["neighbours_same_label"] = float(np.mean(y_train[nearest[:, 0]] == dataset.y_test[correct]))
+    # what a run could store: PCA of the normalised features, float16
+    photos = np.concatenate([feats[k]["penultimate"] for k in real_photos])
+    report["reduced_reference"] = {}
+    for dims in REDUCED_DIMS:
+        projection = fam.fit_projection(train["penultimate"], dims)
+        reference = fam.project(projection, train["penultimate"]).astype(np.float16)
+
+        def kth(features: np.ndarray) -> np.ndarray:
+            return fam.nearest_neighbours(reference, fam.project(projection, features), k=KNN_K)[1][:, -1]
+
+        nearest, _ = fam.nearest_neighbours(reference, fam.project(projection, feats["test"]["penultimate"][correct]), k=1)
+        report["reduced_reference"][dims] = {
+            "megabytes": reference.nbytes / 1e6,
+            "neighbours_same_label": float(np.mean(y_train[nearest[:, 0]] == dataset.y_test[correct])),
+            "knn_auroc_digits_vs_test": fam.auroc(kth(feats["test"]["penultimate"]), kth(feats["digits"]["penultimate"])),
+            "knn_auroc_hats_vs_real_photos": fam.auroc(kth(photos), kth(feats["hats"]["penultimate"])),
+        }
 
     progress(f"occlusion through {backend}")
     report["occlusion_p50_ms"] = {backend: occlusion_p50_ms(get_backend(run_dir, backend, tta=False), dataset.x_test[:1])}
@@ -214,6 +232,9 @@ def format_report(report: dict) -> str:
                 f"{b['ece']:.2%}" for name, b in report.get("calibration_by_backend", {}).items()),
               f"nearest training item has the same label: {report['neighbours_same_label']:.2%} "
               "of correctly classified test items"]
+    lines += [f"reduced reference, PCA {dims} float16 ({r['megabytes']:.1f} MB): nearest same label "
+              f"{r['neighbours_same_label']:.2%}, k-NN AUROC digits/test {r['knn_auroc_digits_vs_test']:.4f}, "
+              f"hats/real photos {r['knn_auroc_hats_vs_real_photos']:.4f}" for dims, r in report["reduced_reference"].items()]
     lines += [f"occlusion map of one image, {k}: {v:.1f} ms p50" for k, v in report["occlusion_p50_ms"].items()]
     return "\n".join(lines)
 

@@ -133,6 +133,22 @@ def test_knn_score_and_the_combined_score():
         fam.combined_score({"a": np.ones(2)}, {"b": 1.0})
 
 
+def test_projection_keeps_neighbours_and_round_trips():
+    train, labels = clusters(100, seed=0)
+    query, query_labels = clusters(10, seed=1)
+    projection = fam.fit_projection(train, dims=4)
+    assert projection.components.shape == (4, 16)
+    assert np.allclose(projection.components @ projection.components.T, np.eye(4), atol=1e-5)
+    reduced = fam.project(projection, train)
+    assert np.allclose(reduced.mean(axis=0), 0, atol=1e-5)
+    nearest, _ = fam.nearest_neighbours(reduced.astype(np.float16), fam.project(projection, query), k=1)
+    assert (labels[nearest[:, 0]] == query_labels).mean() > 0.95  # ten clusters survive in 4 dimensions
+    again = fam.Projection.from_arrays(projection.to_arrays())
+    assert np.array_equal(fam.project(again, query), fam.project(projection, query))
+    with pytest.raises(ValueError, match="do not fit"):
+        fam.Projection.from_arrays({"mean": np.zeros(3), "components": np.zeros((2, 4))})
+
+
 def test_nearest_neighbours_match_brute_force():
     rng = np.random.default_rng(0)
     ref, query = rng.normal(size=(700, 8)), rng.normal(size=(30, 8))
