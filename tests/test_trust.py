@@ -1,0 +1,119 @@
+"""Trust artifacts (issue 14): temperature, unfamiliar-score thresholds and the nearest-neighbour
+reference, computed once per run, stored in its `trust/` bundle and refused when tampered with."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from fmnist import calibration as cal
+from fmnist import trust
+from fmnist.runs import verify_run
+
+
+@pytest.fixture(scope="module")
+def trusted_run(tiny_run, tiny_dataset, tmp_path_factory):
+    """A copy of the tiny run with its trust artifacts stored (the session's tiny_run stays as trained)."""
+    run = tmp_path_factory.mktemp("trusted") / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    info = trust.store(run, tiny_dataset)
+    return run, info
+
+
+def tampered_copy(run, tmp_path, rel, edit):
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    target = copy / rel
+    target.write_bytes(edit(target.read_bytes()))
+    return copy
+
+
+def test_artifacts_are_stored_verified_and_recorded_in_the_manifests(trusted_run):
+    run, info = trusted_run
+    checked = verify_run(run)
+    assert checked.usable and checked.bundles.get("trust") == "ok", checked.reason
+    manifest = json.loads((run / "manifest.json").read_text())["files"]
+    assert {"trust/trust.json", "trust/reference.npz"} <= set(manifest)
+    loaded = trust.load(run)
+    assert loaded.temperature == pytest.approx(info["temperature"]) and loaded.temperature > 0
+    assert set(loaded.thresholds) == {"knn", "first_stage"} and min(loaded.thresholds.values()) > 0
+    # the reference is the run's own training split: 90% of the 512 synthetic items, with their labels
+    assert loaded.reference.shape == (len(loaded.labels), trust.DIMS) and len(loaded.labels) > 400
+    assert loaded.reference.dtype == np.float16
+    assert set(loaded.labels.tolist()) == set(range(10))
+    assert len(set(loaded.train_index.tolist())) == len(loaded.train_index) < 512
+
+
+def test_thresholds_flag_the_chosen_fraction_of_validation(trusted_run):
+    run, info = trusted_run
+    validation = info["validation"]
+    assert validation["items"] > 10
+    # two signals at 1.5% and 0.5% of validation each: at most their sum is flagged
+    assert 0.0 < validation["flagged"] <= sum(trust.FLAG_FRACTIONS.values()) + 1.0 / validation["items"]
+    assert 0.0 <= validation["ece"] <= 1.0 and 0.0 <= validation["ece_uncalibrated"] <= 1.0
+
+
+def test_training_items_are_their_own_nearest_neighbours_and_noise_is_unfamiliar(trusted_run, tiny_dataset):
+    from fmnist.backends import get_backend
+
+    run, _ = trusted_run
+    loaded = trust.load(run)
+    backend = get_backend(run, "keras", cache=False, tta=False)
+    rows = np.arange(5)
+    images = tiny_dataset.x_train[loaded.train_index[rows]]
+    features = trust.backend_features(backend, images)
+    nearest = trust.nearest_items(loaded, features, k=3)
+    assert [n[0]["index"] for n in nearest] == loaded.train_index[rows].tolist()
+    assert [n[0]["label"] for n in nearest] == tiny_dataset.y_train[loaded.train_index[rows]].tolist()
+    assert all(n[0]["distance"] < 0.05 and n[0]["distance"] <= n[1]["distance"] <= n[2]["distance"] for n in nearest)
+    noise = np.random.default_rng(0).integers(0, 256, (8, 28, 28)).astype(np.uint8)
+    probs = backend.predict_proba(noise)
+    found = trust.assess(loaded, backend, noise, probs)
+    assert found["unfamiliar"].all() and (found["unfamiliar_score"] > 1.0).all()
+    # calibration keeps every answer and sums to one
+    assert np.allclose(found["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+    assert (found["probabilities"].argmax(axis=1) == probs.argmax(axis=1)).all()
+    assert np.allclose(found["probabilities"], cal.apply_temperature(probs, loaded.temperature))
+
+
+@pytest.mark.parametrize("rel", ["trust/trust.json", "trust/reference.npz"])
+def test_a_tampered_file_is_refused(trusted_run, tmp_path, rel):
+    run, _ = trusted_run
+    copy = tampered_copy(run, tmp_path, rel, lambda data: data[:-40] + bytes(40))  # same size, new bytes
+    with pytest.raises(trust.TrustError, match="sha256|modified"):
+        trust.load(copy)
+    assert verify_run(copy).bundles["trust"] != "ok"
+
+
+def test_a_tampered_file_with_a_rewritten_bundle_manifest_is_refused_by_the_run_manifest(trusted_run, tmp_path):
+    from fmnist.runs import BUNDLE_MANIFEST, build_manifest
+
+    run, _ = trusted_run
+    copy = tampered_copy(run, tmp_path, "trust/trust.json",
+                         lambda data: data.replace(b'"temperature": ', b'"temperature": 9'))
+    (copy / "trust" / BUNDLE_MANIFEST).write_text(json.dumps(build_manifest(copy / "trust")))
+    with pytest.raises(trust.TrustError, match="does not match the manifest"):
+        trust.load(copy)
+
+
+def test_missing_or_extra_files_are_refused(trusted_run, tmp_path):
+    run, _ = trusted_run
+    copy = tmp_path / "missing"
+    shutil.copytree(run, copy)
+    (copy / "trust" / "reference.npz").unlink()
+    with pytest.raises(trust.TrustError, match="missing"):
+        trust.load(copy)
+    extra = tmp_path / "extra"
+    shutil.copytree(run, extra)
+    (extra / "trust" / "notes.pkl").write_bytes(b"\x80\x04")
+    with pytest.raises(trust.TrustError, match="unexpected file"):
+        trust.load(extra)
+
+
+def test_a_run_without_artifacts_says_how_to_make_them(tiny_run):
+    assert not trust.has_trust(tiny_run)
+    with pytest.raises(trust.TrustError, match="no trust artifacts: run `python -m fmnist.trust"):
+        trust.load(tiny_run)
