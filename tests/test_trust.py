@@ -117,3 +117,26 @@ def test_a_run_without_artifacts_says_how_to_make_them(tiny_run):
     assert not trust.has_trust(tiny_run)
     with pytest.raises(trust.TrustError, match="no trust artifacts: run `python -m fmnist.trust"):
         trust.load(tiny_run)
+
+
+def test_explanations_give_a_map_neighbours_and_the_unfamiliar_fields(trusted_run, tiny_dataset):
+    from fmnist.backends import get_backend
+    from fmnist.explanations import explain_images, heatmap_text
+
+    run, _ = trusted_run
+    backend = get_backend(run, "keras", cache=False, tta=False)
+    images = np.concatenate([tiny_dataset.x_test[:2], np.full((1, 28, 28), 255, np.uint8)])
+    found = explain_images(run, backend, images, neighbours=3)
+    assert len(found) == 3
+    probs = backend.predict_proba(images)
+    for item, raw in zip(found, probs):
+        assert item["method"] == "occlusion" and np.asarray(item["heatmap"]).shape == (28, 28)
+        assert item["label"] == int(raw.argmax()) == int(np.argmax(item["probabilities"]))
+        assert abs(sum(item["probabilities"]) - 1) < 1e-4
+        assert [set(n) for n in item["nearest"]] == [{"index", "label", "distance"}] * 3
+        assert isinstance(item["unfamiliar"], bool) and item["unfamiliar"] == (item["unfamiliar_score"] > 1.0)
+    assert found[2]["unfamiliar"]  # a plain white square is no garment
+    art = heatmap_text(found[0]["heatmap"])
+    assert len(art) == 14 and all(len(row) == 30 for row in art) and "@" in "".join(art)
+    with pytest.raises(ValueError, match="neighbours"):
+        explain_images(run, backend, images, neighbours=0)
