@@ -1,5 +1,6 @@
-"""`python -m fmnist.bench_explain` (to become `python -m fmnist bench explain`): issue 14's figures
-for a run, measured with the Keras model's penultimate features.
+"""`python -m fmnist bench explain`: issue 14's figures for a run, measured with the Keras model's
+penultimate features; "stored" is the score and temperature the run ships (fmnist.trust), as `predict`
+and `explain` use them.
 
 * Calibration: temperature fitted on the run's validation split, ECE (15 bins) on the test set before
   and after, for the Keras logits and for each backend's own answers (with the run's flip averaging).
@@ -118,6 +119,7 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
     """Every figure of the module docstring for one run, as a JSON-ready dict."""
     from fmnist import calibration as cal
     from fmnist import familiarity as fam
+    from fmnist import trust
     from fmnist.backends import get_backend
     from fmnist.config import TrainConfig
     from fmnist.data import make_splits, stratified_limit
@@ -159,12 +161,16 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
     thresholds = {k: fam.choose_threshold(scores[k]["val"], fraction) for k, fraction in parts.items()}
     scores["combined"] = {k: fam.combined_score({p: scores[p][k] for p in parts}, thresholds) for k in feats}
 
+    stored = trust.load(run_dir) if trust.has_trust(run_dir) else None
+    if stored is not None:  # what predict and explain report: the run's own thresholds, reduced reference
+        scores["stored"] = {k: trust.unfamiliar_scores(stored, {"penultimate": f["penultimate"],
+                                                                "first_stage": f[early]}) for k, f in feats.items()}
     real_photos = ("clothing_photos", "product_photos")
     report: dict = {"run": str(run_dir), "sizes": {k: int(len(v["logits"])) for k, v in feats.items()},
                     "scores": {}}
     for score, by_set in scores.items():
         photos = np.concatenate([by_set[k] for k in real_photos])
-        threshold = 1.0 if score == "combined" else fam.choose_threshold(by_set["val"], FLAG_FRACTION)
+        threshold = 1.0 if score in ("combined", "stored") else fam.choose_threshold(by_set["val"], FLAG_FRACTION)
         report["scores"][score] = {
             "auroc": {
                 "digits_vs_test": fam.auroc(by_set["test"], by_set["digits"]),
@@ -184,10 +190,14 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
     for name in calibration_backends:
         progress(f"calibration through {name} (the run's flip averaging as configured)")
         predictor = get_backend(run_dir, name)
+        test_answers = predictor.predict_proba(dataset.x_test)
         found = cal.calibration_report(predictor.predict_proba(splits.x_val), splits.y_val,
-                                       predictor.predict_proba(dataset.x_test), dataset.y_test)
+                                       test_answers, dataset.y_test)
         report.setdefault("calibration_by_backend", {})[name] = {
             k: v for k, v in found.items() if not k.startswith("reliability")}
+        if stored is not None:  # the run's one shared temperature, as predict applies it
+            report["calibration_by_backend"][name]["ece_stored_temperature"] = cal.expected_calibration_error(
+                cal.apply_temperature(test_answers, stored.temperature), dataset.y_test)
 
     correct = test_probs.argmax(axis=1) == dataset.y_test
     progress("nearest training items of the test set")
@@ -229,7 +239,9 @@ def format_report(report: dict) -> str:
     lines += ["", f"Keras logits: temperature {c['temperature']:.3f} (fitted on validation): test ECE {c['ece_uncalibrated']:.2%} -> "
               f"{c['ece']:.2%}, NLL {c['nll_uncalibrated']:.4f} -> {c['nll']:.4f}",
               *(f"  through {name}: temperature {b['temperature']:.3f}, test ECE {b['ece_uncalibrated']:.2%} -> "
-                f"{b['ece']:.2%}" for name, b in report.get("calibration_by_backend", {}).items()),
+                f"{b['ece']:.2%}" + (f" (the run's stored temperature: {b['ece_stored_temperature']:.2%})"
+                                     if "ece_stored_temperature" in b else "")
+                for name, b in report.get("calibration_by_backend", {}).items()),
               f"nearest training item has the same label: {report['neighbours_same_label']:.2%} "
               "of correctly classified test items"]
     lines += [f"reduced reference, PCA {dims} float16 ({r['megabytes']:.1f} MB): nearest same label "
