@@ -138,7 +138,7 @@ def _run_or_error(ref, runs_dir=None) -> Path:
 
 def cmd_evaluate(args) -> int:
     from fmnist.evaluation import evaluate_probabilities, format_report
-    from fmnist.runs import load_metrics
+    from fmnist.runs import load_metrics, load_test_probs
 
     run = _run_or_error(args.run, args.runs_dir)
     if args.backend and args.backend != "stored":
@@ -148,7 +148,9 @@ def cmd_evaluate(args) -> int:
     else:
         metrics = load_metrics(run)
         metrics["backend"] = "stored"
+        probs = load_test_probs(run)
     metrics["run"] = str(run)
+    metrics.update(_calibration(run, probs, args.data_dir))
     if args.json:
         out = dict(metrics)
         out["misclassified"] = out["misclassified"][: args.top_errors]
@@ -160,7 +162,25 @@ def cmd_evaluate(args) -> int:
         else:
             print(model_line(run, metrics["backend"]))
         print(format_report(metrics))
+        if metrics["ece"] is not None:
+            print(f"calibration: temperature {metrics['temperature']:.3f} (fitted on validation), expected "
+                  f"calibration error {metrics['ece_uncalibrated']:.2%} -> {metrics['ece']:.2%}")
     return 0
+
+
+def _calibration(run: Path, probs, data_dir=None) -> dict:
+    """evaluate's "temperature", "ece", "ece_uncalibrated" (null when the run has no trust artifacts or
+    the test labels cannot be read)."""
+    from fmnist.trust import TrustError, calibration_fields
+
+    try:
+        labels = fdata.load_fashion_mnist(data_dir).y_test
+    except fdata.DataError:
+        labels = None
+    try:
+        return calibration_fields(run, probs, labels)
+    except TrustError as exc:
+        raise CLIError(str(exc))
 
 
 def _backend_probs(run: Path, backend: str, data_dir=None):
@@ -233,32 +253,30 @@ def model_line(run: Path, backend: str) -> str:
 
 
 def cmd_predict(args) -> int:
-    from fmnist.backends import BackendError, get_backend
     from fmnist.data import CLASS_NAMES
-    from fmnist.preprocess import PreprocessError, load_for_model
 
     run = _run_or_error(args.run, args.runs_dir)
     backend_name = args.backend or default_backend(run)
-    prepared, failures = [], []
-    for path in image_files(args.images):
-        try:
-            prepared.append((str(path), load_for_model(path)))
-        except PreprocessError as exc:
-            failures.append((str(path), str(exc)))
+    prepared, failures = prepare_images(args.images)
     results = []
     if prepared:
         import numpy as np
 
+        from fmnist.trust import TrustError, answer_fields
+
+        backend = _backend_or_error(run, backend_name)
+        images = np.stack([p.input for _, p in prepared])
+        probs = backend.predict_proba(images)
         try:
-            backend = get_backend(run, backend_name)
-        except BackendError as exc:
+            trusted = answer_fields(run, backend, images, probs)
+        except TrustError as exc:
             raise CLIError(str(exc))
-        probs = backend.predict_proba(np.stack([p.input for _, p in prepared]))
-        for (name, prep), row in zip(prepared, probs):
-            label = int(row.argmax())
+        for (name, prep), row, extra in zip(prepared, probs, trusted):
+            label = int(row.argmax())  # the temperature never changes it
             results.append({"file": name, "label": label, "class_name": CLASS_NAMES[label],
-                            "probabilities": [round(float(v), 6) for v in row],
-                            "warnings": list(prep.warnings)})
+                            "probabilities": [round(float(v), 6) for v in extra["probabilities"]],
+                            "unfamiliar": extra["unfamiliar"], "unfamiliar_score": extra["unfamiliar_score"],
+                            "calibrated": extra["calibrated"], "warnings": list(prep.warnings)})
     if args.json:
         out = [{**r, "run": str(run), "backend": backend_name} for r in results]
         out += [{"file": n, "error": e} for n, e in failures]
@@ -269,8 +287,75 @@ def cmd_predict(args) -> int:
             order = sorted(range(10), key=lambda i: -r["probabilities"][i])[:3]
             top = ", ".join(f"{CLASS_NAMES[i]} {r['probabilities'][i] * 100:.1f}%" for i in order)
             print(f"{r['file']}: {top}")
-            for w in r["warnings"]:
+            for w in r["warnings"] + ([UNFAMILIAR_WARNING] if r["unfamiliar"] else []):
                 print(f"  warning: {w}")
+        for n, e in failures:
+            print(f"{n}: error: {e}", file=sys.stderr)
+    return 0 if not failures else 2
+
+
+UNFAMILIAR_WARNING = "this does not look like any of the ten Fashion-MNIST items: do not trust the answer"
+
+
+def prepare_images(paths: list[str]) -> tuple[list, list]:
+    """([(file, prepared input)], [(file, why it was refused)]) for the files `image_files` finds."""
+    from fmnist.preprocess import PreprocessError, load_for_model
+
+    prepared, failures = [], []
+    for path in image_files(paths):
+        try:
+            prepared.append((str(path), load_for_model(path)))
+        except PreprocessError as exc:
+            failures.append((str(path), str(exc)))
+    return prepared, failures
+
+
+def _backend_or_error(run: Path, name: str):
+    from fmnist.backends import BackendError, get_backend
+
+    try:
+        return get_backend(run, name)
+    except BackendError as exc:
+        raise CLIError(str(exc))
+
+
+def cmd_explain(args) -> int:
+    import numpy as np
+
+    from fmnist.data import CLASS_NAMES
+    from fmnist.explanations import explain_images, heatmap_text
+    from fmnist.trust import TrustError
+
+    if not 1 <= args.neighbours <= 50:
+        raise CLIError(f"--neighbours must be between 1 and 50, got {args.neighbours}")
+    run = _run_or_error(args.run, args.runs_dir)
+    backend_name = args.backend or default_backend(run)
+    prepared, failures = prepare_images(args.images)
+    results = []
+    if prepared:
+        backend = _backend_or_error(run, backend_name)
+        try:
+            found = explain_images(run, backend, np.stack([p.input for _, p in prepared]), args.neighbours)
+        except TrustError as exc:
+            raise CLIError(str(exc))
+        results = [{"file": name, "class_name": CLASS_NAMES[item["label"]], **item,
+                    "warnings": list(prep.warnings)} for (name, prep), item in zip(prepared, found)]
+    if args.json:
+        out = [{**r, "run": str(run), "backend": backend_name} for r in results]
+        print(json.dumps(out + [{"file": n, "error": e} for n, e in failures]))
+    else:
+        print(model_line(run, backend_name))
+        for r in results:
+            print(f"{r['file']}: {r['class_name']} {r['probabilities'][r['label']]:.1%} (calibrated)")
+            for w in r["warnings"] + ([UNFAMILIAR_WARNING] if r["unfamiliar"] else []):
+                print(f"  warning: {w}")
+            print(f"  unfamiliar score {r['unfamiliar_score']:.2f} (over 1.00: unlike Fashion-MNIST): "
+                  f"{'unfamiliar' if r['unfamiliar'] else 'familiar'}")
+            print("  nearest training items: " + ", ".join(
+                f"#{n['index']} {CLASS_NAMES[n['label']]} ({n['distance']:.3f})" for n in r["nearest"]))
+            print(f"  where it looked ({r['method']}; darker = more evidence for {r['class_name']}):")
+            for line in heatmap_text(r["heatmap"]):
+                print("  " + line)
         for n, e in failures:
             print(f"{n}: error: {e}", file=sys.stderr)
     return 0 if not failures else 2
@@ -313,6 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="why the model answered: heat map, nearest training items, "
+                       "calibrated probability, unfamiliar-input warning")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="PNG, JPEG or WebP files; a folder stands for the images in it")
+    p.add_argument("--run", help="run name or path (default: the shipped model, else the newest run)")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="default: openvino-fp32 when the run has its OpenVINO export (no TensorFlow), else keras")
+    p.add_argument("--neighbours", type=int, default=5, help="nearest training items per image (1-50)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--runs-dir")
+    p.set_defaults(func=cmd_explain)
 
     from fmnist import bench, export
 

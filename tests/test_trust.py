@@ -12,6 +12,7 @@ import pytest
 from fmnist import calibration as cal
 from fmnist import trust
 from fmnist.runs import verify_run
+from tests import prereq
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +141,128 @@ def test_explanations_give_a_map_neighbours_and_the_unfamiliar_fields(trusted_ru
     assert len(art) == 14 and all(len(row) == 30 for row in art) and "@" in "".join(art)
     with pytest.raises(ValueError, match="neighbours"):
         explain_images(run, backend, images, neighbours=0)
+
+
+def test_predict_fields_for_a_run_without_artifacts_are_null_and_raw(tiny_run, tiny_dataset):
+    from fmnist.backends import get_backend
+
+    backend = get_backend(tiny_run, "keras", cache=False, tta=False)
+    images = tiny_dataset.x_test[:3]
+    probs = backend.predict_proba(images)
+    fields = trust.answer_fields(tiny_run, backend, images, probs)
+    assert [f["unfamiliar"] for f in fields] == [None] * 3 and not any(f["calibrated"] for f in fields)
+    assert np.allclose(np.stack([f["probabilities"] for f in fields]), probs)
+
+
+def test_calibration_fields_use_the_stored_temperature(trusted_run, tiny_dataset):
+    from fmnist.runs import load_test_probs
+
+    run, info = trusted_run
+    probs = load_test_probs(run)
+    fields = trust.calibration_fields(run, probs, tiny_dataset.y_test)
+    assert fields["temperature"] == pytest.approx(info["temperature"])
+    assert fields["ece"] == pytest.approx(cal.expected_calibration_error(
+        cal.apply_temperature(probs, info["temperature"]), tiny_dataset.y_test))
+    assert fields["ece_uncalibrated"] == pytest.approx(cal.expected_calibration_error(probs, tiny_dataset.y_test))
+    unknown = trust.calibration_fields(run, probs, tiny_dataset.y_test[:5])  # labels of another test set
+    assert unknown["ece"] is None and unknown["temperature"] == fields["temperature"]
+
+
+# ---- the command line with the shipped model ---------------------------------------------------
+
+def run_cli(*args: str, importtime: bool = False):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "FMNIST_DATA_DIR": str(prereq.require_data())}
+    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "fmnist", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def shipped_images(tmp_path_factory):
+    """Three test-set items as PNGs (an ankle boot, a pullover, a trouser) and their labels."""
+    from PIL import Image
+
+    from fmnist.data import load_fashion_mnist
+
+    prereq.require_shipped_model()
+    ds = load_fashion_mnist(prereq.require_data())
+    folder = tmp_path_factory.mktemp("items")
+    paths = []
+    for i in range(3):
+        paths.append(folder / f"item{i}.png")
+        Image.fromarray(ds.x_test[i]).resize((112, 112)).save(paths[-1])
+    return paths, ds.y_test[:3]
+
+
+@pytest.mark.slow
+def test_predict_json_reports_calibrated_probabilities_and_unfamiliar_fields_without_tensorflow(shipped_images):
+    from fmnist.backends import get_backend
+    from fmnist.preprocess import load_for_model
+    from fmnist.runs import DEFAULT_MODEL_DIR
+
+    paths, labels = shipped_images
+    done = run_cli("predict", *map(str, paths), "--json", importtime=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    modules = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "openvino" in modules
+    assert not any(m.split(".")[0] in ("tensorflow", "keras") for m in modules)
+    answers = json.loads(done.stdout)
+    raw = get_backend(DEFAULT_MODEL_DIR, "openvino-fp32").predict_proba(np.stack([load_for_model(p).input for p in paths]))
+    loaded = trust.load(DEFAULT_MODEL_DIR)
+    assert [a["label"] for a in answers[:2]] == labels[:2].tolist()  # an ankle boot and a pullover
+    for answer, row in zip(answers, raw):
+        assert answer["backend"] == "openvino-fp32" and answer["calibrated"] is True
+        assert abs(sum(answer["probabilities"]) - 1) < 1e-4
+        # the temperature changes how sure, never which class
+        assert answer["label"] == int(np.argmax(answer["probabilities"])) == int(row.argmax())
+        assert np.allclose(answer["probabilities"], cal.apply_temperature(row[None], loaded.temperature)[0], atol=1e-5)
+        assert answer["unfamiliar"] is False and 0 < answer["unfamiliar_score"] < 1.0
+
+
+@pytest.mark.slow
+def test_explain_json_and_plain_output(shipped_images, tmp_path):
+    from PIL import Image
+
+    paths, labels = shipped_images
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (112, 112)).astype(np.uint8)).save(noise)
+    done = run_cli("explain", str(paths[0]), str(paths[1]), str(noise), "--json", "--neighbours", "3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    items = json.loads(done.stdout)
+    assert [i["file"] for i in items] == [str(paths[0]), str(paths[1]), str(noise)]
+    for item, label in zip(items[:2], labels):
+        assert item["method"] == "occlusion" and np.asarray(item["heatmap"]).shape == (28, 28)
+        assert item["label"] == label and abs(sum(item["probabilities"]) - 1) < 1e-4
+        assert len(item["nearest"]) == 3 and item["nearest"][0]["label"] == label
+        assert all(0 <= n["index"] < 60_000 for n in item["nearest"])
+        assert item["unfamiliar"] is False
+    assert items[2]["unfamiliar"] is True and items[2]["unfamiliar_score"] > 1.0
+    plain = run_cli("explain", str(paths[0]))
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    assert "nearest training items" in plain.stdout and "unfamiliar" in plain.stdout
+    assert sum(line.startswith("  |") for line in plain.stdout.splitlines()) == 14  # the heat map
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,message", [
+    (["explain", "/no/such.png"], "no such file or folder"),
+    (["explain", "--neighbours", "0", "x.png"], "--neighbours must be between 1 and 50"),
+    (["explain", "--run", "no-such-run", "x.png"], "no-such-run"),
+])
+def test_explain_bad_input_is_one_line(args, message):
+    done = run_cli(*args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_json_reports_calibration():
+    done = run_cli("evaluate", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert out["temperature"] == pytest.approx(trust.load(prereq.require_shipped_model()).temperature)
+    assert 0 <= out["ece"] < out["ece_uncalibrated"] <= 1
