@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from tests import prereq
+from tests.waits import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -178,14 +179,14 @@ def test_compare_measures_the_backends_side_by_side(server, browser):
     page.get_by_text(re.compile(r"Measured on [\d,]+ test images")).wait_for(timeout=240_000)
     wait_idle(page)
     assert_no_errors(page)
-    grid = page.locator("[data-testid='stDataFrame']").last
-    grid.wait_for()
-    text = grid.inner_text() if grid.inner_text().strip() else ""
-    # the grid is drawn on a canvas; its accessible table holds the cells
-    cells = page.evaluate("() => Array.from(document.querySelectorAll('[data-testid=stDataFrame]')).pop()"
-                          ".querySelector('table')?.innerText || ''")
-    for backend in ("Keras", "OpenVINO FP32", "OpenVINO INT8"):
-        assert backend in cells + text
+    # the grid is drawn on a canvas; its accessible table holds the cells, filled in after the
+    # frame appears (reading it at once gave an empty string)
+    def cells() -> str:
+        return page.evaluate("() => Array.from(document.querySelectorAll('[data-testid=stDataFrame]')).pop()"
+                             ".querySelector('table')?.textContent || ''")
+
+    backends = ("Keras", "OpenVINO FP32", "OpenVINO INT8")
+    wait_until(lambda: all(b in cells() for b in backends), 30, f"a row for each of {backends}")
     page.close()
 
 
