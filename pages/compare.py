@@ -35,17 +35,22 @@ runs = _resources.all_runs()
 if not runs:
     st.info("No runs yet: train one on the Train page.")
     st.stop()
-pct = st.column_config.NumberColumn(format="%.2f%%")
 st.subheader("Runs")
-st.caption("Click a column header to sort; scroll sideways for architecture, size and speed. A preset "
+st.caption("Click a column header to sort; hover a header for its full meaning. A preset "
            "whose settings were changed is named with the changes, e.g. \"fast (custom: epochs 5)\".")
+# Short headers (full meaning in each column's help) so that every column fits beside the sidebar.
 st.dataframe(run_rows(runs), hide_index=True, key="cmp_runs_table", column_config={
     "run": st.column_config.TextColumn(pinned=True),
     "configuration": st.column_config.TextColumn(width="medium"),
-    "training set": st.column_config.NumberColumn(format="localized", help="Training images (a stratified "
-                                                  "subset when smaller than 60,000), validation included"),
-    "validation accuracy": pct, "test accuracy": pct,
-    "parameters": st.column_config.NumberColumn(format="localized")})
+    "training set": st.column_config.NumberColumn("train set", format="localized", help="Training images (a "
+                                                  "stratified subset when smaller than 60,000), validation included"),
+    "validation accuracy": st.column_config.NumberColumn("val. acc.", format="%.2f%%",
+                                                         help="Validation accuracy of the saved epoch"),
+    "test accuracy": st.column_config.NumberColumn("test acc.", format="%.2f%%", help="Test accuracy"),
+    "architecture": st.column_config.TextColumn("arch."),
+    "parameters": st.column_config.NumberColumn("params", format="localized", help="Trainable parameters"),
+    "training time (s)": st.column_config.NumberColumn("time (s)", format="%.0f", help="Training time in seconds"),
+    "images/s": st.column_config.NumberColumn("img/s", format="%.0f", help="Training throughput")})
 
 usable = [r for r in runs if r.usable]
 names = [r.name for r in usable]
@@ -94,12 +99,16 @@ if bench_run in cache:
     rows = [{k: percent(v) if k in ("test accuracy", "agreement with Keras") else v for k, v in row.items()}
             for row in cache[bench_run]["rows"]]
     st.dataframe(rows, hide_index=True, column_config={
-        "test accuracy": pct, "agreement with Keras": pct,
-        "max prob. difference": st.column_config.NumberColumn(format="%.1e"),
-        "latency p50 (ms)": st.column_config.NumberColumn(format="%.2f"),
-        "latency p95 (ms)": st.column_config.NumberColumn(format="%.2f"),
-        "throughput (img/s)": st.column_config.NumberColumn(format="localized"),
-        "speed-up vs Keras": st.column_config.NumberColumn(format="%.2fx")})
+        "test accuracy": st.column_config.NumberColumn("test acc.", format="%.2f%%", help="Test accuracy"),
+        "agreement with Keras": st.column_config.NumberColumn("agrees", format="%.2f%%",
+                                                              help="Top-1 agreement with Keras"),
+        "max prob. difference": st.column_config.NumberColumn("max Δp", format="%.1e",
+                                                              help="Largest probability difference from Keras"),
+        "latency p50 (ms)": st.column_config.NumberColumn("p50 ms", format="%.2f", help="Latency, one image, median"),
+        "latency p95 (ms)": st.column_config.NumberColumn("p95 ms", format="%.2f", help="Latency, one image, 95th percentile"),
+        "throughput (img/s)": st.column_config.NumberColumn("img/s", format="localized", help="Batch throughput"),
+        "speed-up vs Keras": st.column_config.NumberColumn("vs Keras", format="%.2fx",
+                                                           help="Throughput relative to Keras")})
     if any("BF16" in str(row.get("backend", "")) for row in rows):
         st.caption("OpenVINO BF16: the FP32 model run with bfloat16 arithmetic, measured only because this "
                    "CPU supports it; not offered in the sidebar, since its answers differ slightly from FP32.")

@@ -283,7 +283,13 @@ def test_predict_without_run_uses_the_shipped_model(shipped_model, tmp_path):
                   env={"FMNIST_RUNS_DIR": str(empty_runs), "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     (answer,) = json.loads(proc.stdout)
-    expected = get_backend(shipped_model, "keras").predict_proba(image)[0]
+    from fmnist import trust
+    from fmnist.calibration import apply_temperature
+
+    # the shipped model carries its trust bundle: answers are calibrated by its stored temperature
+    raw = get_backend(shipped_model, "keras").predict_proba(image)
+    expected = apply_temperature(raw, trust.load(shipped_model).temperature)[0]
+    assert answer["calibrated"] is True
     assert answer["label"] == int(expected.argmax()) and answer["class_name"] == CLASS_NAMES[answer["label"]]
     assert np.abs(np.array(answer["probabilities"]) - expected).max() <= 1e-4  # OpenVINO FP32 or Keras
     assert answer["class_name"] == "Trouser"
