@@ -200,11 +200,14 @@ def load(run_dir: str | Path) -> Trust:
 
 def backend_features(backend, images: np.ndarray) -> dict[str, np.ndarray]:
     """"penultimate", "logits" and "first_stage" of images through a backend's own model: the OpenVINO
-    IR (no TensorFlow) for openvino-*, the Keras model for keras."""
+    IR (no TensorFlow) for openvino-*, the Keras model for keras, or the backend's own `features(images)`
+    (same keys) where it has one."""
     from fmnist import explain
 
     if str(getattr(backend, "name", "")).startswith("openvino"):
         return explain.openvino_feature_sets(explain.openvino_feature_model(backend.model), images)
+    if hasattr(backend, "features"):  # a backend that computes them elsewhere (the app's Keras worker)
+        return backend.features(images)
     model = backend.model
     first = explain.activation_layers(model)[0]
     found = explain.feature_sets(model, images, [first])
