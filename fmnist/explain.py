@@ -259,3 +259,182 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0
     return float(spearmanr(x, y).statistic)
+
+
+# ---------------------------------------------------------------- "Look inside" without TensorFlow
+
+STAGE_KINDS = ("ReLU", "LeakyReLU", "MaxPooling2D")  # Keras layers that end a stage (plus activated Conv2D)
+OPENVINO_STAGE_OPS = ("Relu", "PRelu", "MaxPool")  # their operations in an IR
+
+
+def stage_specs(arch: str, widths: tuple[int, ...] | list[int] | None = None,
+                dropout: float | tuple[float, float] | None = None) -> list[tuple[str, str]]:
+    """(name, Keras kind) of the stages `activation_layers` finds, from the architecture's plain
+    description (fmnist.models.layer_specs), without building the model."""
+    from fmnist.models import layer_specs
+
+    out = []
+    for name, kind, kwargs in layer_specs(arch, widths, dropout):
+        activated_conv = kind == "Conv2D" and kwargs.get("activation") not in (None, "linear")
+        if kind in STAGE_KINDS or activated_conv:
+            out.append((name, kind))
+    return out
+
+
+def _stage_ops(ov_model) -> list:
+    """The IR's stage-ending operations (ReLU-like, max-pooling) with a 4-D output, in graph order."""
+    return [op for op in ov_model.get_ordered_ops()
+            if op.get_type_name() in OPENVINO_STAGE_OPS and op.output(0).get_partial_shape().rank.get_length() == 4]
+
+
+class OpenVINOInspector:
+    """One compiled model for a run's verified classifier IR (FP32 or INT8) that answers both the
+    features (`openvino_feature_sets`' keys) and the feature maps of every stage, so an app compiles
+    it once per backend instead of once per call (a compile takes 1-2 s on 2 cores, an answer
+    milliseconds). Outputs: logits, penultimate features, then every stage (`_stage_ops`).
+    Thread-safe: each call uses its own infer request."""
+
+    def __init__(self, ov_model, config: dict | None = None):
+        import openvino as ov
+
+        from fmnist.openvino_ir import core
+
+        softmax = ov_model.get_results()[0].input_value(0).get_node()
+        add = softmax.input_value(0).get_node()
+        matmul = add.input_value(0).get_node()
+        if (softmax.get_type_name(), add.get_type_name(), matmul.get_type_name()) != ("Softmax", "Add", "MatMul"):
+            raise ValueError("the IR does not end in Softmax <- Add <- MatMul (not an fmnist classifier)")
+        stages = _stage_ops(ov_model)
+        relus = [i for i, op in enumerate(stages) if op.get_type_name() != "MaxPool"]
+        if not relus:
+            raise ValueError("the IR has no ReLU stage")
+        self.first_stage = relus[0]
+        self.stage_types = [op.get_type_name() for op in stages]
+        outputs = [add.output(0), matmul.input_value(0)] + [op.output(0) for op in stages]
+        model = ov.Model([ov.opset13.result(o) for o in outputs], ov_model.get_parameters(), "fmnist_inspect")
+        self.compiled = core().compile_model(model, "CPU", config or {})
+
+    def _infer(self, x: np.ndarray) -> list[np.ndarray]:
+        request = self.compiled.create_infer_request()
+        request.infer({0: np.ascontiguousarray(x)})
+        return [np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True)
+                for i in range(2 + len(self.stage_types))]
+
+    def features(self, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """"penultimate" (N, D), "logits" (N, 10), "first_stage" (N, C): as `openvino_feature_sets`."""
+        x = as_batch(images)
+        parts: dict[str, list[np.ndarray]] = {"logits": [], "penultimate": [], "first_stage": []}
+        for start in range(0, max(len(x), 1), batch_size):
+            found = self._infer(x[start:start + batch_size])
+            parts["logits"].append(found[0])
+            parts["penultimate"].append(found[1].reshape(len(found[1]), -1))
+            parts["first_stage"].append(found[2 + self.first_stage].mean(axis=(2, 3)))  # NCHW
+        return {name: np.concatenate(values) for name, values in parts.items()}
+
+    def stages(self, image: np.ndarray) -> list[np.ndarray]:
+        """Every stage's feature maps (C, H, W) for one image, in graph order (the IR computes NCHW)."""
+        return [maps[0] for maps in self._infer(as_batch(image)[:1])[2:]]
+
+
+def openvino_stage_activations(inspector: OpenVINOInspector, image: np.ndarray,
+                               names: list[tuple[str, str]] | None = None) -> list[dict]:
+    """`stage_activations` through an IR: name, kind and maps (C, H, W) float32 per stage. `names`
+    ((name, kind) per stage, from `stage_specs`) label them like Keras does when the counts agree;
+    otherwise they are named by their IR operation ("stage 1 (Relu)")."""
+    maps = inspector.stages(image)
+    if names is None or len(names) != len(maps):
+        names = [(f"stage {i + 1} ({kind})", kind) for i, kind in enumerate(inspector.stage_types)]
+    return [{"name": name, "kind": kind, "maps": m} for (name, kind), m in zip(names, maps)]
+
+
+def openvino_first_layer_filters(ov_model) -> np.ndarray:
+    """The first convolution's kernels (filters, k, k) float32 as the IR holds them: any BatchNorm is
+    folded in (each filter scaled by its own factor) and INT8 weights are dequantised, by evaluating
+    the weights' constant sub-graph (no input needed)."""
+    import openvino as ov
+
+    from fmnist.openvino_ir import core
+
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() == "Convolution":
+            weights = op.input_value(1)
+            if weights.get_node().get_type_name() == "Constant":
+                kernel = np.asarray(weights.get_node().get_data(), dtype=np.float32)
+            else:
+                folded = ov.Model([ov.opset13.result(weights)], [], "fmnist_filters")
+                request = core().compile_model(folded, "CPU").create_infer_request()
+                request.infer({})
+                kernel = np.array(request.get_output_tensor(0).data, dtype=np.float32)
+            return kernel[:, 0]  # (F, in=1, k, k)
+    raise ValueError("the IR has no convolution")
+
+
+class KerasInspector:
+    """`feature_sets` (with the first stage), `stage_activations` and `grad_cam` for one Keras model,
+    with their sub-models built and traced once: for a long-lived process asking about the same model
+    many times (the app's Keras worker), where building a `keras.Model` and running it eagerly per call
+    cost 30-250 ms per answer on 2 cores. Same values as the functions above (tested). Not
+    thread-safe: callers serialise (the worker answers one request at a time)."""
+
+    def __init__(self, model):
+        import keras
+        import tensorflow as tf
+
+        self.model = model
+        self.stage_layers = activation_layers(model)
+        if not self.stage_layers:
+            raise ValueError(f"model {model.name} has no convolutional stage")
+        self.first = self.stage_layers[0]
+        output = model.get_layer(OUTPUT_LAYER)
+        self._kernel, self._bias = (np.asarray(w, dtype=np.float32) for w in output.get_weights())
+        self._features = keras.Model(model.input, [penultimate_layer_output(model),
+                                                   model.get_layer(self.first).output])
+        self._stages = keras.Model(model.input, [model.get_layer(n).output for n in self.stage_layers])
+        self.cam_layer = last_conv_stage(model)
+        cam = keras.Model(model.input, [model.get_layer(self.cam_layer).output, penultimate_layer_output(model)])
+
+        @tf.function(reduce_retracing=True)
+        def gradients(x, chosen):
+            with tf.GradientTape() as tape:
+                acts, features = cam(x, training=False)
+                tape.watch(acts)
+                logits = _logits(model, features)
+                score = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
+            return acts, tape.gradient(score, acts)
+
+        self._gradients = gradients
+
+    def features(self, images: np.ndarray, batch_size: int = 1000) -> dict[str, np.ndarray]:
+        """"penultimate" (N, D), "logits" (N, 10), "first_stage" (N, C: the first stage averaged over space)."""
+        x = as_batch(images)
+        parts: dict[str, list[np.ndarray]] = {"penultimate": [], "logits": [], "first_stage": []}
+        for start in range(0, max(len(x), 1), batch_size):
+            features, first = self._features.predict_on_batch(x[start:start + batch_size])
+            features = np.asarray(features, dtype=np.float32)
+            parts["penultimate"].append(features)
+            parts["logits"].append(features @ self._kernel + self._bias)
+            parts["first_stage"].append(np.asarray(first, dtype=np.float32).mean(axis=(1, 2)))
+        return {name: np.concatenate(values) for name, values in parts.items()}
+
+    def stages(self, image: np.ndarray) -> list[dict]:
+        """`stage_activations` of one image: name, kind and maps (C, H, W) per stage."""
+        outputs = self._stages.predict_on_batch(as_batch(image)[:1])
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return [{"name": name, "kind": type(self.model.get_layer(name)).__name__,
+                 "maps": np.transpose(np.asarray(out, dtype=np.float32)[0], (2, 0, 1))}
+                for name, out in zip(self.stage_layers, outputs)]
+
+    def grad_cam(self, images: np.ndarray, targets: np.ndarray | list[int] | None = None) -> dict[str, np.ndarray]:
+        """`grad_cam` at the default layer (`last_conv_stage`): maps (N, 28, 28) and targets (N,)."""
+        import tensorflow as tf
+        from scipy.ndimage import zoom
+
+        x = as_batch(images)
+        chosen = (self.features(x)["logits"].argmax(axis=1) if targets is None
+                  else np.asarray(targets, dtype=np.int64).ravel())
+        check_targets(chosen, len(x), len(self._bias))
+        acts, grads = (np.asarray(t) for t in self._gradients(tf.convert_to_tensor(x), tf.constant(chosen)))
+        cams = np.maximum(np.einsum("nhwc,nc->nhw", acts, grads.mean(axis=(1, 2))), 0.0)
+        h, w = cams.shape[1:]
+        maps = np.stack([zoom(c, (SIDE / h, SIDE / w), order=1, mode="nearest", grid_mode=True) for c in cams])
+        return {"maps": maps.astype(np.float32), "targets": chosen}
