@@ -1,0 +1,150 @@
+"""The feature map (fmnist.featuremap): PCA then t-SNE of test features, stored as the verified map/
+bundle, and new inputs placed by their nearest mapped items.
+
+Synthetic features (ten well separated clusters) for the map itself; the tiny run of conftest for
+storing (its Keras model gives the features; 128 synthetic test items).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from fmnist import featuremap as fm
+from fmnist.familiarity import Projection
+
+CLASSES, PER_CLASS, DIMS = 10, 30, 64
+
+
+def clusters(seed: int = 0, per_class: int = PER_CLASS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, labels, centres): ten Gaussian clusters around random non-negative centres (ReLU-like)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 4, size=(CLASSES, DIMS)).astype(np.float32)
+    labels = np.repeat(np.arange(CLASSES), per_class)
+    features = np.abs(centres[labels] + rng.normal(0, 0.15, size=(len(labels), DIMS))).astype(np.float32)
+    return features, labels, centres
+
+
+@pytest.fixture(scope="module")
+def synthetic_map() -> tuple[fm.FeatureMap, np.ndarray]:
+    features, labels, centres = clusters()
+    predictions = labels.copy()
+    predictions[:5] = (labels[:5] + 1) % CLASSES  # five mistakes
+    arrays = fm.build(features, labels, predictions, np.arange(len(labels)), iterations=250)
+    fmap = fm.FeatureMap(arrays["coords"].astype(np.float32), arrays["index"], arrays["labels"],
+                         arrays["predictions"], Projection.from_arrays(arrays),
+                         arrays["reference"].astype(np.float32), {})
+    return fmap, centres
+
+
+def test_build_keeps_clusters_apart(synthetic_map):
+    fmap, _ = synthetic_map
+    assert fmap.coords.shape == (CLASSES * PER_CLASS, 2) and np.isfinite(fmap.coords).all()
+    assert fmap.mistakes.sum() == 5
+    # each point's nearest other point on the 2-D map has its class: t-SNE kept the clusters
+    d = ((fmap.coords[:, None] - fmap.coords[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert np.mean(fmap.labels[d.argmin(1)] == fmap.labels) > 0.95
+
+
+def test_place_lands_in_the_right_cluster(synthetic_map):
+    fmap, centres = synthetic_map
+    rng = np.random.default_rng(1)
+    new = np.abs(centres + rng.normal(0, 0.15, size=centres.shape)).astype(np.float32)  # one per class
+    placed = fm.place(fmap, new)
+    assert placed.shape == (CLASSES, 2)
+    cluster_centres = np.stack([fmap.coords[fmap.labels == c].mean(0) for c in range(CLASSES)])
+    nearest_cluster = ((placed[:, None] - cluster_centres[None]) ** 2).sum(-1).argmin(1)
+    assert nearest_cluster.tolist() == list(range(CLASSES))
+    assert fm.place(fmap, new[0]).shape == (1, 2)  # one feature vector alone
+    assert fm.place(fmap, new[:0]).shape == (0, 2)
+    with pytest.raises(ValueError, match="do not fit"):
+        fm.place(fmap, new[:, :5])
+
+
+def test_too_few_items_refused():
+    features, labels, _ = clusters(per_class=1)
+    with pytest.raises(fm.MapError, match="at least"):
+        fm.build(features[:5], labels[:5], labels[:5], np.arange(5))
+
+
+def test_map_items_are_stratified():
+    labels = np.repeat(np.arange(CLASSES), 1000)
+    index = fm.map_items(labels, 5000)
+    assert len(index) == 5000 and np.all(np.bincount(labels[index]) == 500)
+    assert np.array_equal(index, np.sort(index))
+    assert len(fm.map_items(labels[:128], 5000)) == 128  # a smaller test set: all of it
+
+
+@pytest.fixture(scope="module")
+def stored_run(tiny_run, tiny_dataset, tmp_path_factory):
+    """A copy of the tiny run with its map stored (the Keras model's features of 128 test items)."""
+    run = tmp_path_factory.mktemp("map") / "run"
+    shutil.copytree(tiny_run, run)
+    messages: list[str] = []
+    info = fm.store(run, tiny_dataset, progress=messages.append)
+    return run, info, messages
+
+
+@pytest.mark.slow
+def test_store_and_load_round_trip(stored_run, tiny_dataset):
+    from fmnist.runs import load_test_probs, manifest_files, verify_run
+
+    run, info, messages = stored_run
+    assert info["format"] == fm.FORMAT and info["items"] == len(tiny_dataset.y_test)
+    assert any("t-SNE" in m for m in messages)
+    assert verify_run(run).usable and verify_run(run).bundles["map"] == "ok"
+    assert {f"map/{fm.MAP_FILE}", f"map/{fm.INFO_FILE}"} <= set(manifest_files(run))
+    assert (run / "map" / fm.MAP_FILE).stat().st_size < 1_000_000
+    fmap = fm.load(run)
+    assert fmap is not None and fmap.coords.shape == (len(tiny_dataset.y_test), 2)
+    assert np.array_equal(fmap.labels, tiny_dataset.y_test[fmap.index])
+    assert np.array_equal(fmap.predictions, load_test_probs(run)[fmap.index].argmax(1))
+    # a mapped item's own features put it among its neighbours: on the map, near its own position
+    from fmnist.explain import penultimate_features
+    from fmnist.keras_backend import load_model
+
+    features, _ = penultimate_features(load_model(run), tiny_dataset.x_test[fmap.index[:20]])
+    placed = fm.place(fmap, features)
+    spread = np.linalg.norm(fmap.coords.max(0) - fmap.coords.min(0))
+    assert np.median(np.linalg.norm(placed - fmap.coords[:20], axis=1)) < 0.2 * spread
+
+
+@pytest.mark.slow
+def test_store_is_idempotent(stored_run, tiny_dataset, monkeypatch):
+    run, info, _ = stored_run
+    before = (run / "map" / fm.MAP_FILE).read_bytes()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("an intact map must not be computed again")
+
+    monkeypatch.setattr(fm, "compute", fail)
+    assert fm.store(run, tiny_dataset) == info
+    assert (run / "map" / fm.MAP_FILE).read_bytes() == before
+
+
+@pytest.mark.slow
+def test_tampered_map_refused(stored_run, tmp_path):
+    run, _, _ = stored_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    target = copy / "map" / fm.MAP_FILE
+    data = bytearray(target.read_bytes())
+    data[-20] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(fm.MapError) as err:
+        fm.load(copy)
+    assert "refusing the feature map" in str(err.value) and "\n" not in str(err.value)
+    # a bundle whose own manifest was rewritten to match still disagrees with the run's manifest
+    from fmnist.runs import BUNDLE_MANIFEST, build_manifest, BUNDLE_FORMAT
+
+    (copy / "map" / BUNDLE_MANIFEST).write_text(json.dumps(build_manifest(copy / "map", BUNDLE_FORMAT)))
+    with pytest.raises(fm.MapError, match="does not match the manifest"):
+        fm.load(copy)
+
+
+def test_run_without_map(tiny_run):
+    assert not fm.has_map(tiny_run) and fm.load(tiny_run) is None
