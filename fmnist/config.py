@@ -36,6 +36,8 @@ class TrainConfig:
     augment_flip: bool = False
     augment_shift: int = 0  # pixels of random translation
     augment_scale: float = 0.0  # random zoom about the centre, up to this fraction either way (0.1 = ±10%)
+    augment_photo: float = 0.0  # strength (0-1) of the photo-like changes (fmnist.augment.photo): tone, tilt, edges, specks
+    augment_erase: float = 0.0  # probability of random erasing (one black rectangle per image)
     ema: float = 0.0  # weight-averaging momentum, 0 = off
     tta_flip: bool = False  # average predictions with the mirrored image at test time
     val_fraction: float = 0.1
@@ -49,7 +51,8 @@ class TrainConfig:
     BOUNDS = {
         "epochs": (1, 200), "batch_size": (8, 4096), "learning_rate": (1e-6, 1.0),
         "warmup_epochs": (0.0, 50.0), "weight_decay": (0.0, 0.5), "label_smoothing": (0.0, 0.5),
-        "augment_shift": (0, 6), "augment_scale": (0.0, 0.3), "ema": (0.0, 0.9999), "val_fraction": (0.0, 0.5),
+        "augment_shift": (0, 6), "augment_scale": (0.0, 0.3),
+        "augment_photo": (0.0, 1.0), "augment_erase": (0.0, 1.0), "ema": (0.0, 0.9999), "val_fraction": (0.0, 0.5),
         "seed": (0, 2**31 - 1), "limit": (100, 60_000),
     }
 

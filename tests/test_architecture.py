@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, set[str]]] = [
     ("leaves: no fmnist imports", {"data", "images", "models", "predictor", "openvino_ir", "console", "child"}),
     ("plain values and pure computations", {"config", "preprocess", "evaluation", "explore", "charts",
-                                            "calibration", "familiarity", "explain"}),
+                                            "augment", "calibration", "familiarity", "explain"}),
     ("run storage", {"runs"}),
     ("the Keras model of a run", {"keras_backend"}),
     ("Keras in a worker process; OpenVINO export; trust artifacts; feature map",
