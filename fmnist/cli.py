@@ -72,6 +72,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="random translation in pixels")
     p.add_argument("--augment-scale", type=_bounded("scale", float, *b["augment_scale"]),
                    help="random zoom about the centre, e.g. 0.1 = up to ±10%%")
+    p.add_argument("--augment-photo", type=_bounded("photo augmentation", float, *b["augment_photo"]),
+                   help="strength 0-1 of photo-like changes: tone, lighting, tilt, soft/sharp edges, specks")
+    p.add_argument("--augment-erase", type=_bounded("erase probability", float, *b["augment_erase"]),
+                   help="probability of random erasing (one black rectangle per image)")
     p.add_argument("--ema", type=_bounded("ema", float, *b["ema"]), help="weight averaging momentum (0 = off)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average test predictions with mirrored images")
@@ -94,7 +98,7 @@ def config_from_args(args: argparse.Namespace):
 
     fields = ("arch", "widths", "dropout", "epochs", "batch_size", "optimizer", "learning_rate", "schedule",
               "warmup_epochs", "weight_decay", "label_smoothing", "augment_flip", "augment_shift",
-              "augment_scale", "ema", "tta_flip", "val_fraction", "seed", "limit", "precision", "tensorboard")
+              "augment_scale", "augment_photo", "augment_erase", "ema", "tta_flip", "val_fraction", "seed", "limit", "precision", "tensorboard")
     try:
         return preset_config(args.preset, **{f: getattr(args, f, None) for f in fields})
     except ValueError as exc:
