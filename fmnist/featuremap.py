@@ -5,7 +5,8 @@ How it is made (`compute`):
 
 * the penultimate features (the layer before the classifier) of a stratified subset of the test set
   through the run's Keras model (`ITEMS` = 5,000 of the 10,000 items: t-SNE of all 10,000 took
-  90-200 s on this 2-core machine, 5,000 with 500 iterations about 30-55 s; docs/explain.md);
+  90-200 s on this shared 2-core machine, 5,000 with 500 iterations 55-110 s; docs/explain.md; a
+  run trained with `--limit N` maps N/4 items, at least 1,000, so a quick try-out stays quick);
 * PCA of the L2-normalised features to `PCA_DIMS` dimensions (`familiarity.fit_projection`, as the
   trust bundle's neighbour reference), then scikit-learn's t-SNE to 2-D with a fixed seed.
 
@@ -46,6 +47,7 @@ PERPLEXITY = 30.0
 SEED = 0
 PLACE_K = 10
 MIN_ITEMS = 10
+MIN_QUICK_ITEMS = 1000  # the smallest map of a run trained on a limited training set
 ARRAYS = ("coords", "index", "labels", "predictions", "mean", "components", "reference")
 
 
@@ -76,6 +78,12 @@ def map_items(labels: np.ndarray, items: int = ITEMS, seed: int = SEED) -> np.nd
     from fmnist.data import stratified_limit
 
     return stratified_limit(np.asarray(labels), items, seed)
+
+
+def items_for(limit: int | None) -> int:
+    """How many test items a run's map holds: `ITEMS`, fewer for a run trained on a `limit` of the
+    training set (a quarter of them, at least 1,000: a quick try-out gets a quick map)."""
+    return ITEMS if not limit else int(min(ITEMS, max(MIN_QUICK_ITEMS, limit // 4)))
 
 
 def embed(reference: np.ndarray, seed: int = SEED, iterations: int = TSNE_ITERATIONS) -> np.ndarray:
@@ -115,7 +123,7 @@ def compute(run_dir: str | Path, dataset, progress: Callable[[str], None] = lamb
     the test items through its Keras model (TensorFlow: not for the web server), PCA, t-SNE."""
     from fmnist.explain import penultimate_features
     from fmnist.keras_backend import load_model
-    from fmnist.runs import checked_run, load_test_probs
+    from fmnist.runs import checked_run, load_test_probs, read_json
 
     run_dir = Path(run_dir)
     checked_run(run_dir)
@@ -123,12 +131,12 @@ def compute(run_dir: str | Path, dataset, progress: Callable[[str], None] = lamb
     if len(probs) != len(dataset.y_test):
         raise MapError(f"{run_dir}'s test_probs.npy has {len(probs)} rows, the test set {len(dataset.y_test)}: "
                        "not the data set it was evaluated on")
-    index = map_items(dataset.y_test)
+    index = map_items(dataset.y_test, items_for(read_json(run_dir / "config.json").get("limit")))
     t0 = time.perf_counter()
     progress(f"features of {len(index):,} test items")
     features, _ = penultimate_features(load_model(run_dir), dataset.x_test[index])
     t1 = time.perf_counter()
-    progress(f"t-SNE of {len(index):,} items (about a minute for 5,000 on 2 cores)")
+    progress(f"t-SNE of {len(index):,} items")
     arrays = build(features, dataset.y_test[index], probs[index].argmax(axis=1), index)
     t2 = time.perf_counter()
     info = {"format": FORMAT, "items": int(len(index)), "test_items": int(len(dataset.y_test)),

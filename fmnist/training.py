@@ -13,7 +13,10 @@ validation accuracy) are kept, evaluated and saved with status "stopped".
 
 `train` runs the parts in order, each usable alone: `fit` (a compiled model and four Keras callbacks,
 one job each: progress events, divergence, stop request, best weights), `evaluate`, `run_summary`,
-`save_run` (or `save_failed_run`), then the OpenVINO export.
+`save_run` (or `save_failed_run`), then the OpenVINO export, and the run's trust bundle (`fmnist.trust`:
+temperature, unfamiliar-input thresholds, neighbour reference) and feature map (`fmnist.featuremap`),
+so that a new run explains itself like the shipped model. A failure in those last steps is reported
+as a status event and never loses the run.
 """
 
 from __future__ import annotations
@@ -445,9 +448,10 @@ def save_failed_run(writer, config: TrainConfig, history: dict, message: str, se
 def train(config: TrainConfig, dataset: fdata.Dataset | None = None, *, data_dir: str | None = None,
           listeners: Iterable[Listener] = (), stop_event: threading.Event | None = None,
           runs_root: str | os.PathLike | None = None, save: bool = True, export: bool = True,
-          run_name: str | None = None) -> TrainResult:
-    """Train, evaluate on the test set, save a run directory (and its OpenVINO IR). Never raises
-    for training failures: they come back as status "failed" (and a "failed" event)."""
+          run_name: str | None = None, trust: bool | None = None) -> TrainResult:
+    """Train, evaluate on the test set, save a run directory (and its OpenVINO IR, trust bundle and
+    feature map: `trust` defaults to `export`, so the quick paths that skip the export skip these too).
+    Never raises for training failures: they come back as status "failed" (and a "failed" event)."""
     from fmnist.runs import RunWriter, new_run_name
 
     listeners = list(listeners)
@@ -479,6 +483,8 @@ def train(config: TrainConfig, dataset: fdata.Dataset | None = None, *, data_dir
             writer = None
             if export:
                 _export_quietly(run_dir, emit, splits)
+            if export if trust is None else trust:
+                explain_quietly(run_dir, dataset, emit)
         status = fitted.status
         emit({"kind": status if status == "stopped" else "finished", "run_dir": str(run_dir) if run_dir else None,
               "message": summary["message"], "test_accuracy": metrics["test_accuracy"]})
@@ -502,3 +508,26 @@ def _export_quietly(run_dir: Path, emit: Listener, splits: fdata.Splits) -> None
         fexport.export_run(run_dir, calibration_images=splits.x_train)
     except Exception as exc:
         emit({"kind": "status", "message": f"OpenVINO export failed: {exc}"})
+
+
+def explain_quietly(run_dir: Path, dataset: fdata.Dataset, emit: Listener) -> dict[str, float]:
+    """Store a saved run's trust bundle and feature map (the test set is only mapped, never used to
+    choose anything). Each failure is reported as a status event, not raised: the run stays usable
+    without them (raw probabilities, no map) and `python -m fmnist.trust` / `python -m fmnist.featuremap`
+    can add them later. Returns the seconds each step took."""
+    from fmnist import featuremap
+    from fmnist import trust as ftrust
+
+    seconds = {}
+    for key, message, store in (("trust", "Calibrating (temperature, unfamiliar-input thresholds)", ftrust.store),
+                                ("map", "Computing the feature map (t-SNE)", featuremap.store)):
+        emit({"kind": "status", "message": f"{message}..."})
+        t0 = time.perf_counter()
+        try:
+            store(run_dir, dataset, progress=lambda text, m=message: emit({"kind": "status", "message": f"{m}: {text}"}))
+        except Exception as exc:  # the run is saved: a missing extra must not turn it into a failure
+            command = "fmnist.trust" if key == "trust" else "fmnist.featuremap"
+            emit({"kind": "status", "message": f"{message} failed ({type(exc).__name__}: {exc}); the run is "
+                                               f"kept without it (later: python -m {command} --run {run_dir})"})
+        seconds[key] = round(time.perf_counter() - t0, 2)
+    return seconds

@@ -146,5 +146,52 @@ def test_tampered_map_refused(stored_run, tmp_path):
         fm.load(copy)
 
 
+@pytest.mark.slow
 def test_run_without_map(tiny_run):
     assert not fm.has_map(tiny_run) and fm.load(tiny_run) is None
+
+
+@pytest.mark.slow
+def test_training_stores_trust_and_map(tiny_dataset, tmp_path):
+    """A new run explains itself: training ends by storing the trust bundle and the map, verified."""
+    from fmnist import trust
+    from fmnist.runs import verify_run
+    from fmnist.training import TrainConfig, train
+
+    events: list[dict] = []
+    result = train(TrainConfig(arch="paper", epochs=1, batch_size=64), tiny_dataset, runs_root=tmp_path,
+                   listeners=[events.append], export=False, trust=True)
+    assert result.status == "completed", result.message
+    messages = [e["message"] for e in events if e["kind"] == "status"]
+    assert any(m.startswith("Calibrating") for m in messages)
+    assert any(m.startswith("Computing the feature map") for m in messages)
+    assert not any("failed" in m for m in messages), messages
+    info = verify_run(result.run_dir)
+    assert info.usable and info.bundles == {"trust": "ok", "map": "ok"}
+    assert trust.load(result.run_dir).temperature > 0
+    fmap = fm.load(result.run_dir)
+    assert fmap is not None and len(fmap.coords) == len(tiny_dataset.y_test)
+    assert events[-1]["kind"] == "finished"  # announced after the extras, so the run is complete
+
+
+@pytest.mark.slow
+def test_training_keeps_the_run_when_an_extra_fails(tiny_dataset, tmp_path):
+    """No validation split: no temperature can be fitted; the run is still saved, with its map."""
+    from fmnist import trust
+    from fmnist.runs import verify_run
+    from fmnist.training import TrainConfig, train
+
+    events: list[dict] = []
+    result = train(TrainConfig(arch="paper", epochs=1, batch_size=64, val_fraction=0.0), tiny_dataset,
+                   runs_root=tmp_path, listeners=[events.append], export=False, trust=True)
+    assert result.status == "completed", result.message
+    failed = [e["message"] for e in events if e["kind"] == "status" and "failed" in e["message"]]
+    assert len(failed) == 1 and "python -m fmnist.trust --run" in failed[0]
+    assert verify_run(result.run_dir).usable and not trust.has_trust(result.run_dir)
+    assert fm.load(result.run_dir) is not None
+
+
+def test_quick_runs_get_smaller_maps():
+    assert fm.items_for(None) == fm.ITEMS
+    assert fm.items_for(300) == fm.MIN_QUICK_ITEMS
+    assert fm.items_for(8000) == 2000 and fm.items_for(50_000) == fm.ITEMS
