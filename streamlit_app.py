@@ -19,6 +19,7 @@ PAGES = [
     st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
     st.Page("pages/results.py", title="Results", icon=":material/insights:", url_path="results"),
     st.Page("pages/classify.py", title="Classify", icon=":material/image_search:", url_path="classify"),
+    st.Page("pages/look_inside.py", title="Look inside", icon=":material/layers:", url_path="look-inside"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
 ]
 

@@ -224,9 +224,10 @@ def feature_grid(maps: np.ndarray, channels: np.ndarray | list[int] | None = Non
     return _tile(tiles, columns, pad, background=255)
 
 
-def filter_grid(filters: np.ndarray, columns: int = 12, tile: int = 48, pad: int = 2) -> np.ndarray:
+def filter_grid(filters: np.ndarray, columns: int = 12, tile: int = 48, pad: int = 2,
+                background: int = 160) -> np.ndarray:
     """First-layer filters (F, k, k) as one RGB grid: each filter scaled by its own largest absolute
-    weight, positive weights red, negative blue, zero white."""
+    weight, positive weights red, negative blue, zero white; grey between filters (white is a weight)."""
     f = np.asarray(filters, dtype=np.float32)
     if f.ndim != 3 or not len(f):
         raise ValueError(f"expected filters (F, k, k), got {f.shape}")
@@ -236,4 +237,4 @@ def filter_grid(filters: np.ndarray, columns: int = 12, tile: int = 48, pad: int
     rgb = np.where(v >= 0, white + (RED - white) * v, white + (BLUE - white) * -v)
     scale = max(1, tile // f.shape[1])
     tiles = np.stack([enlarge(np.round(t).astype(np.uint8), scale) for t in rgb])
-    return _tile(tiles, columns, pad, background=255)
+    return _tile(tiles, columns, pad, background)

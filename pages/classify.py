@@ -1,6 +1,11 @@
 """Classify: upload photos or draw on a canvas; see each preprocessing step, the 28x28 input,
-the probabilities of all 10 classes, the backend's latency and the pipeline's warnings."""
+the probabilities of all 10 classes, the backend's latency and the pipeline's warnings. And why
+(issue 14): the calibrated probability, a heat map of where the model looked, the nearest training
+images in its feature space, and a warning when the input looks like none of the ten items. The
+explanations come from fmnist.explanations through the sidebar's backend (the Keras worker or
+OpenVINO: the server never imports TensorFlow), cached per session and image."""
 
+import hashlib
 import re
 import time
 
@@ -14,6 +19,10 @@ from pages import _navigation, _resources, _selection
 _navigation.ensure_navigation()
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp"]
+NEIGHBOURS = 5
+EXPLAIN_KEY = "explanations"  # session cache: image and model -> Explanation (or why there is none)
+LOOK_INSIDE_KEY = "look_inside_images"  # this session's drawing and uploads, for the Look inside page
+KEEP = 24  # entries per session cache: a long session of uploads does not grow memory
 
 
 def predictor():
@@ -42,23 +51,148 @@ def predict(model, image28: np.ndarray) -> tuple[np.ndarray, float]:
     return probs, (time.perf_counter() - t0) * 1000
 
 
-def show_prediction(prepared, model, key: str, show_steps: bool = True) -> None:
-    """Steps, the model input, probability bars, top class, latency and warnings for one image."""
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _trust_cached(run_dir: str, stamp: tuple):
+    from fmnist.explanations import load_trust
+
+    return load_trust(run_dir)
+
+
+def run_stamp(run) -> tuple:
+    try:
+        return ((run.path / "manifest.json").stat().st_mtime_ns,)
+    except OSError:
+        return (0,)
+
+
+def run_trust(run):
+    """(the run's verified trust artifacts, None) or (None, why not): loaded once per run version."""
+    return _trust_cached(str(run.path), run_stamp(run))
+
+
+@st.cache_resource(show_spinner=False)
+def _explainers_ready() -> set:
+    return set()
+
+
+def explained(model, run, image: np.ndarray):
+    """The image's Explanation through `model`, or a sentence why there is none; once per session,
+    image, run and backend (a rerun for another widget reuses it)."""
+    from fmnist.explanations import explain_image
+
+    trust, note = run_trust(run)
+    digest = hashlib.sha1(np.ascontiguousarray(image, dtype=np.float32).tobytes()).hexdigest()
+    key = (digest, str(run.path), run_stamp(run), model.name, bool(getattr(model, "tta_flip", False)))
+    cache = st.session_state.setdefault(EXPLAIN_KEY, {})
+    if key not in cache:
+        gradcam = model.name == "keras"
+        ready = _explainers_ready()
+        try:
+            if id(model) not in ready:  # the first explanation builds and traces models: not timed
+                with st.spinner("Preparing explanations (first use on this server)..."):
+                    explain_image(model, np.zeros((28, 28), np.float32), trust, NEIGHBOURS, gradcam, note)
+                ready.add(id(model))
+            cache[key] = explain_image(model, image, trust, NEIGHBOURS, gradcam, note)
+        except Exception as exc:  # BackendError, an OpenVINO runtime error...: one line, no traceback
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            cache[key] = f"No explanation for this image: {first}"
+        while len(cache) > KEEP:
+            cache.pop(next(iter(cache)))
+    return cache[key]
+
+
+def remember_for_look_inside(name: str, image: np.ndarray) -> None:
+    """Offer this image on the Look inside page (newest last, bounded)."""
+    images = st.session_state.setdefault(LOOK_INSIDE_KEY, {})
+    images.pop(name, None)
+    images[name] = np.asarray(image)
+    while len(images) > KEEP:
+        images.pop(next(iter(images)))
+
+
+def data_at_hand() -> bool:
+    """Whether the Fashion-MNIST training images are on this machine (never downloads for a thumbnail)."""
+    from fmnist.data import resolve_data_dir
+
+    folder, _ = resolve_data_dir(_resources.data_dir())
+    return any((folder / name).is_file() for name in ("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte"))
+
+
+def show_neighbours(nearest: list[dict]) -> None:
+    """The nearest training images with their labels and distances (labels only without the data)."""
+    st.markdown("**Nearest training images** (in the model's own feature space)")
+    dataset = _resources.dataset() if data_at_hand() else None
+    cols = st.columns(len(nearest))
+    for col, item in zip(cols, nearest):
+        caption = f"{CLASS_NAMES[item['label']]} · {item['distance']:.2f}"
+        if dataset is not None:
+            col.image(explore.enlarge(dataset.x_train[item["index"]], 3), caption=caption,
+                      width="stretch")
+        else:
+            col.caption(caption)
+    st.caption("Distance in the model's feature space: smaller = more alike to the model"
+               + ("" if dataset is not None else "; the pictures need the Fashion-MNIST files (FMNIST_DATA_DIR)")
+               + ".")
+
+
+def show_explanation(model, run, image: np.ndarray, alert) -> None:
+    """Heat map, Grad-CAM (Keras), neighbours and the unfamiliar warning (in `alert`, above the answer)."""
+    from fmnist.explanations import heat_overlay
+
+    found = explained(model, run, image)
+    if isinstance(found, str):
+        st.warning(found)
+        return
+    name = CLASS_NAMES[found.label]
+    if found.unfamiliar:
+        alert.warning(f"**This does not look like any of the ten Fashion-MNIST items** (unfamiliar score "
+                      f"{found.unfamiliar_score:.2f}; above 1.00 is unfamiliar). The answer below is a guess: "
+                      "check it by hand.", icon=":material/help:")
+    maps = [(found.heatmap, "Where it looked (occlusion)")]
+    if found.gradcam is not None:
+        maps.append((found.gradcam, "Grad-CAM (Keras)"))
+    cols = st.columns([1] * len(maps) + [4 - len(maps) + 1], gap="medium")
+    for col, (heat, caption) in zip(cols, maps):
+        col.image(heat_overlay(image, heat, scale=6), caption=caption, width="stretch")
+    with cols[-1]:
+        if found.nearest:
+            show_neighbours(found.nearest)
+        else:
+            st.caption("No nearest training images: this run has no trust artifacts.")
+    st.caption(f"Heat map: red = evidence for {name} (hiding those pixels lowers its probability), "
+               f"blue = evidence against it. Explained by {model.name} in "
+               f"{sum(found.seconds.values()) * 1000:.0f} ms"
+               + (f" · unfamiliar score {found.unfamiliar_score:.2f} (above 1.00 is unfamiliar)"
+                  if found.unfamiliar_score is not None else "") + ".")
+    for note in found.notes:
+        st.info(note)
+
+
+def show_prediction(prepared, model, key: str, run, source: str, show_steps: bool = True) -> None:
+    """Steps, the model input, probability bars (calibrated where the run can), top class, latency,
+    warnings, and the explanation row, for one image."""
+    from fmnist.calibration import apply_temperature
+
     for warning in prepared.warnings:
         st.warning(warning)
     if prepared.empty:
         return
     probs, ms = predict(model, prepared.input)
-    top = int(probs.argmax())
+    trust, _ = run_trust(run)
+    shown = apply_temperature(probs[None], trust.temperature)[0] if trust is not None else probs
+    top = int(shown.argmax())
+    alert = st.container()  # the unfamiliar warning, above the answer once the explanation knows
     left, right = st.columns([1, 2])
     with left:
         st.image(explore.enlarge(prepared.input, 6), caption="Model input (28x28)")
         st.markdown(f"### {CLASS_NAMES[top]}")
-        st.caption(f"{probs[top]:.1%} confident · {model.name} ({getattr(model, 'precision', '')}) "
-                   f"on {getattr(model, 'device', 'CPU')}"
+        st.caption(f"{shown[top]:.1%} {'calibrated probability' if trust is not None else 'confident (not calibrated)'}"
+                   f" · {model.name} ({getattr(model, 'precision', '')}) on {getattr(model, 'device', 'CPU')}"
                    f"{' · averaged with its mirror image' if getattr(model, 'tta_flip', False) else ''} · {ms:.1f} ms")
     with right:
-        st.plotly_chart(charts.probability_bars(probs), key=f"bars_{key}")
+        st.plotly_chart(charts.probability_bars(shown), key=f"bars_{key}")
+    remember_for_look_inside(source, prepared.input)
+    show_explanation(model, run, prepared.input, alert)
     if show_steps and prepared.steps:
         with st.expander("Preprocessing, step by step"):
             cols = st.columns(min(len(prepared.steps), 6), gap="medium")
@@ -94,7 +228,7 @@ def prepared_upload(f):
 
 
 @st.fragment
-def drawing_panel(model) -> None:
+def drawing_panel(model, run) -> None:
     """Canvas and its prediction in a fragment: a stroke reruns only this part of the page."""
     try:
         from streamlit_drawable_canvas import st_canvas
@@ -126,13 +260,14 @@ def drawing_panel(model) -> None:
         if prepared.empty:
             st.info("Draw on the canvas to see a prediction.")
             return
-        show_prediction(prepared, model, "draw")
+        show_prediction(prepared, model, "draw", run, "Drawing")
 
 
 st.title("Classify")
 run, model = predictor()
 st.caption(f"Model **{run.label()}** with **{_resources.BACKEND_LABELS.get(model.name, model.name)}** "
-           "(change both in the sidebar).")
+           "(change both in the sidebar). Under each answer: where the model looked and the training images "
+           "it finds most alike; **Look inside** shows its feature maps layer by layer.")
 tab_upload, tab_draw = st.tabs(["Upload photos", "Draw"])
 with tab_upload:
     files = st.file_uploader("Images (PNG, JPEG, WebP)", type=UPLOAD_TYPES, accept_multiple_files=True,
@@ -152,6 +287,6 @@ with tab_upload:
         if isinstance(prepared, str):
             st.error(f"{shown_name(f.name)}: {prepared}")
             continue
-        show_prediction(prepared, model, f"upload{i}")
+        show_prediction(prepared, model, f"upload{i}", run, f"Upload: {f.name}")
 with tab_draw:
-    drawing_panel(model)
+    drawing_panel(model, run)
