@@ -3,7 +3,11 @@ input pipeline with a plain `model.fit` on numpy arrays of the same model, in th
 
 Throughput ratio = the project's training images/s / plain fit's, measured after the preset's
 training by alternating full epochs of both (same model, optimizer, batch size and loss; the plain
-baseline does no augmentation), medians over two rounds each.
+baseline does no augmentation), medians over two rounds each (once per preset, on its first seed).
+
+`--seeds 0,1,2` trains each preset once per seed and adds a summary per preset (mean and spread of
+the accuracies and training times). Every row carries the machine's 1-minute load average before
+and after its training: timings taken on a busy machine show as such.
 """
 
 from __future__ import annotations
@@ -65,36 +69,65 @@ def compare_throughput(config, x: np.ndarray, y: np.ndarray, rounds: int = 2) ->
     return statistics.median(ours_ips), statistics.median(plain_ips)
 
 
-def bench_preset(name: str, dataset, progress=None, epochs: int | None = None) -> dict:
-    """Train one preset with fmnist.training.train, then measure the plain-fit baseline."""
+def _load() -> float | None:
+    """The machine's 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def bench_preset(name: str, dataset, progress=None, epochs: int | None = None, seed: int | None = None,
+                 throughput: bool = True) -> dict:
+    """Train one preset with fmnist.training.train, then (throughput=True) measure the plain-fit baseline."""
     from fmnist.data import make_splits
     from fmnist.training import preset_config, train
 
-    config = preset_config(name, epochs=epochs)
+    config = preset_config(name, epochs=epochs, seed=seed)
+    load_before = _load()
     result = train(config, dataset, listeners=[progress] if progress else [], save=False, export=False)
+    load_after = _load()
     if result.status != "completed":
         raise RuntimeError(f"preset {name} did not complete: {result.message}")
     epochs_rows = result.history["epochs"]
-    splits = make_splits(dataset, config.val_fraction, config.seed, config.limit)
-    if progress:
-        progress({"kind": "status", "message": f"{name}: throughput vs plain model.fit (2 alternating "
-                                               "epochs each)"})
-    project_ips, baseline_ips = compare_throughput(config, splits.x_train, splits.y_train)
     images = len(result.history["batches"]) * config.batch_size
-    return {
+    row = {
         "preset": name,
+        "seed": config.seed,
         "params": _params(config),
         "epochs": len([e for e in epochs_rows if not e.get("partial")]),
         "wall_s": round(result.seconds, 1),
         "images_per_s": round(images / result.seconds, 1),
-        "steady_images_per_s": round(project_ips, 1),
-        "plain_fit_images_per_s": round(baseline_ips, 1),
-        "throughput_ratio": round(project_ips / baseline_ips, 3),
+        "load_before": load_before,
+        "load_after": load_after,
         "val_accuracy": result.metrics.get("val_accuracy"),
         "test_accuracy": result.metrics["test_accuracy"],
         "train_accuracy": result.metrics.get("train_accuracy"),
         "tta_flip": config.tta_flip,
     }
+    if throughput:
+        splits = make_splits(dataset, config.val_fraction, config.seed, config.limit)
+        if progress:
+            progress({"kind": "status", "message": f"{name}: throughput vs plain model.fit (2 alternating "
+                                                   "epochs each)"})
+        project_ips, baseline_ips = compare_throughput(config, splits.x_train, splits.y_train)
+        row.update({"steady_images_per_s": round(project_ips, 1), "plain_fit_images_per_s": round(baseline_ips, 1),
+                    "throughput_ratio": round(project_ips / baseline_ips, 3)})
+    return row
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per preset over its seeds: mean, min and max of test and validation accuracy and training time."""
+    out = []
+    for name in dict.fromkeys(r["preset"] for r in rows):
+        mine = [r for r in rows if r["preset"] == name]
+        entry: dict = {"preset": name, "seeds": [r["seed"] for r in mine]}
+        for key in ("test_accuracy", "val_accuracy", "wall_s"):
+            values = [r[key] for r in mine if r[key] is not None]
+            if values:
+                entry[key] = {"mean": round(statistics.fmean(values), 5), "min": min(values), "max": max(values)}
+        out.append(entry)
+    return out
 
 
 def _params(config) -> int:
@@ -103,25 +136,44 @@ def _params(config) -> int:
     return build_model(config.arch, widths=config.widths, dropout=config.dropout).count_params()
 
 
-def format_table(rows: list[dict], machine: dict) -> str:
-    head = ("preset", "params", "epochs", "wall s", "img/s", "val acc", "test acc", "vs plain fit")
+def format_table(rows: list[dict], machine: dict, summary: list[dict] | None = None) -> str:
+    head = ("preset", "seed", "params", "epochs", "wall s", "load", "img/s", "val acc", "test acc", "vs plain fit")
     lines = [f"machine: {machine['cpu']}, {machine['cores']} cores, TensorFlow {machine['tensorflow']}", ""]
+
+    def load(r: dict) -> str:
+        return "-" if r.get("load_before") is None else f"{r['load_before']:.1f}/{r['load_after']:.1f}"
+
+    def ratio(r: dict) -> str:
+        if "throughput_ratio" not in r:
+            return "-"
+        return f"{r['throughput_ratio']:.2f}x ({r['steady_images_per_s']:,.0f} vs {r['plain_fit_images_per_s']:,.0f})"
+
     body = [head] + [
-        (r["preset"], f"{r['params']:,}", str(r["epochs"]), f"{r['wall_s']:.1f}", f"{r['images_per_s']:,.0f}",
-         f"{r['val_accuracy'] * 100:.2f}%" if r["val_accuracy"] is not None else "-",
-         f"{r['test_accuracy'] * 100:.2f}%",
-         f"{r['throughput_ratio']:.2f}x ({r['steady_images_per_s']:,.0f} vs {r['plain_fit_images_per_s']:,.0f})")
+        (r["preset"], str(r["seed"]), f"{r['params']:,}", str(r["epochs"]), f"{r['wall_s']:.1f}", load(r),
+         f"{r['images_per_s']:,.0f}", f"{r['val_accuracy'] * 100:.2f}%" if r["val_accuracy"] is not None else "-",
+         f"{r['test_accuracy'] * 100:.2f}%", ratio(r))
         for r in rows
     ]
     widths = [max(len(row[i]) for row in body) for i in range(len(head))]
     for row in body:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    lines.append("load: the 1-minute load average before/after training (above the core count: a busy machine)")
+    for entry in summary or []:
+        if len(entry["seeds"]) > 1:
+            test, wall = entry["test_accuracy"], entry["wall_s"]
+            lines.append(f"{entry['preset']}: test {test['mean'] * 100:.2f}% (min {test['min'] * 100:.2f}%, "
+                         f"max {test['max'] * 100:.2f}%) over seeds {', '.join(map(str, entry['seeds']))}; "
+                         f"training {wall['mean']:.1f} s (min {wall['min']:.1f}, max {wall['max']:.1f})")
     return "\n".join(lines)
 
 
 def add_arguments(p) -> None:
     p.add_argument("--presets", default="fast,paper", help="comma-separated presets (default: fast,paper)")
     p.add_argument("--epochs", type=int, help="override every preset's epochs (quick checks only)")
+    p.add_argument("--seeds", help="comma-separated seeds: each preset trained once per seed, with a summary "
+                                   "(default: the preset's seed)")
+    p.add_argument("--no-throughput", action="store_true",
+                   help="skip the comparison with plain model.fit (4 extra epochs per preset)")
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -139,14 +191,22 @@ def run(args) -> int:
         dataset = load_fashion_mnist(args.data_dir)
     except DataError as exc:
         raise CLIError(str(exc))
+    try:
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()] if args.seeds else [None]
+    except ValueError:
+        raise CLIError(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}")
+    if not seeds or any(s is not None and not 0 <= s < 2**31 for s in seeds):
+        raise CLIError(f"--seeds takes comma-separated whole numbers from 0 to {2**31 - 1}, got {args.seeds!r}")
     machine = machine_info()
     bar = ProgressBar(sys.stderr)
     rows = []
     for name in names:
-        sys.stderr.write(f"== {name}\n")
-        rows.append(bench_preset(name, dataset, bar, args.epochs))
+        for i, seed in enumerate(seeds):
+            sys.stderr.write(f"== {name}" + (f" seed {seed}" if seed is not None else "") + "\n")
+            rows.append(bench_preset(name, dataset, bar, args.epochs, seed, throughput=not args.no_throughput and i == 0))
+    summary = summarise(rows)
     if args.json:
-        print(json.dumps({"machine": machine, "results": rows}, indent=2))
+        print(json.dumps({"machine": machine, "results": rows, "summary": summary}, indent=2))
     else:
-        print(format_table(rows, machine))
+        print(format_table(rows, machine, summary))
     return 0

@@ -151,3 +151,29 @@ def test_learning_rate_preview_is_the_schedule_keras_trains_with(schedule):
     if schedule == "onecycle":  # up for the first quarter, then down
         peak = int(np.argmax(rates))
         assert 0.2 < preview["steps"][peak] / (4 * 18) < 0.3 and rates[-1] < 0.05 * max(rates)
+
+
+@pytest.mark.slow
+def test_bench_train_seeds_give_one_row_each_and_a_summary(monkeypatch, capsys):
+    """`bench train --seeds 1,2 --no-throughput`: one row per seed, no throughput
+    comparison, the summary's mean of the rows between their min and max, the machine load recorded."""
+    import json
+
+    import fmnist.data
+    from fmnist.cli import main
+
+    small = fmnist.data.synthetic_dataset(n_train=300, n_test=60, seed=12)
+    monkeypatch.setattr(fmnist.data, "load_fashion_mnist", lambda *a, **k: small)
+    assert main(["bench", "train", "--presets", "fast", "--epochs", "1", "--seeds", "1,2", "--no-throughput",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = out["results"]
+    assert [r["seed"] for r in rows] == [1, 2] and all("throughput_ratio" not in r for r in rows)
+    assert all(r["load_before"] is None or r["load_before"] >= 0 for r in rows)
+    (summary,) = out["summary"]
+    test = summary["test_accuracy"]
+    assert summary["seeds"] == [1, 2]
+    assert test["min"] <= test["mean"] <= test["max"]
+    assert test["mean"] == pytest.approx((rows[0]["test_accuracy"] + rows[1]["test_accuracy"]) / 2, abs=1e-5)
+    assert main(["bench", "train", "--presets", "fast", "--seeds", "a,b"]) == 2
+    assert "--seeds takes comma-separated whole numbers" in capsys.readouterr().err
