@@ -176,3 +176,90 @@ def per_class_figure(per_class: Sequence[dict]):
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1], tickformat=".0%")
     return _layout(fig, "Per-class precision, recall and F1", height=340)
+
+
+# Plotly's D3 palette: ten colours told apart on a white background, one per class (the map, its legend)
+CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf")
+BEFORE_COLOUR, AFTER_COLOUR = "#e4572e", "#1f77b4"
+
+
+def reliability_figure(before: dict, after: dict | None = None, temperature: float | None = None):
+    """Reliability diagram: for each confidence bin (calibration.reliability_diagram's dicts), how often
+    the answers were right against how sure they were; the diagonal is perfect calibration. `before`
+    the raw answers, `after` the same answers after temperature scaling; marker area grows with the
+    bin's answers (hover for the count). Empty bins are left out."""
+    go = _go()
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
+                               line=dict(color="#999999", dash="dash", width=1), hoverinfo="skip"))
+    series = [("as answered", before, BEFORE_COLOUR)]
+    if after is not None:
+        series.append((f"after temperature scaling (T = {temperature:.3f})" if temperature else
+                       "after temperature scaling", after, AFTER_COLOUR))
+    most = max(1, max(int(np.max(np.asarray(d["count"]))) for _, d, _ in series))
+    for name, d, colour in series:
+        count = np.asarray(d["count"], dtype=np.int64)
+        keep = count > 0
+        conf = np.asarray(d["confidence"], dtype=float)[keep]
+        acc = np.asarray(d["accuracy"], dtype=float)[keep]
+        lower, upper = np.asarray(d["lower"])[keep], np.asarray(d["upper"])[keep]
+        text = [f"sure {lo:.0%}-{hi:.0%}: {n:,} answers, {c:.1%} on average<br>right {a:.1%} of the time"
+                for lo, hi, n, c, a in zip(lower, upper, count[keep], conf, acc)]
+        fig.add_trace(go.Scatter(x=conf, y=acc, mode="lines+markers", name=name, text=text,
+                                 hovertemplate="%{text}<extra></extra>", line=dict(color=colour, width=2),
+                                 marker=dict(color=colour, size=6 + 22 * np.sqrt(count[keep] / most))))
+    fig.update_xaxes(range=[0, 1.02], tickformat=".0%", title_text="how sure the model said it was (mean confidence)")
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", title_text="how often it was right (accuracy)")
+    return _layout(fig, "", height=460)
+
+
+def feature_map_figure(coords: np.ndarray, labels: np.ndarray, predictions: np.ndarray, index: np.ndarray,
+                       confidence: np.ndarray | None = None, classes: Iterable[int] | None = None,
+                       mistakes_only: bool = False, placed: np.ndarray | None = None,
+                       placed_names: Sequence[str] | None = None, height: int = 620):
+    """The 2-D map of test items (WebGL scatter, one trace per true class so the legend filters them),
+    mistakes marked with a black x on top, and optional new inputs (`placed`, (M, 2)) as stars. Every
+    test point's customdata is [test index, true class, predicted class]: a click selects it.
+    `classes` keeps the points whose true class is listed; `mistakes_only` keeps the mistakes."""
+    go = _go()
+    coords = np.asarray(coords, dtype=float)
+    labels, predictions, index = (np.asarray(a, dtype=np.int64) for a in (labels, predictions, index))
+    conf = None if confidence is None else np.asarray(confidence, dtype=float)
+    wanted = set(range(len(CLASS_NAMES)) if classes is None else (int(c) for c in classes))
+    wrong = predictions != labels
+    keep = np.isin(labels, sorted(wanted)) & (wrong if mistakes_only else True)
+
+    def points(mask: np.ndarray) -> dict:
+        rows = np.flatnonzero(mask)
+        text = [f"#{index[i]} {CLASS_NAMES[labels[i]]} → {CLASS_NAMES[predictions[i]]}"
+                + (f" ({conf[i]:.0%})" if conf is not None else "") for i in rows]
+        return dict(x=coords[rows, 0], y=coords[rows, 1], text=text,
+                    customdata=np.stack([index[rows], labels[rows], predictions[rows]], axis=1),
+                    hovertemplate="%{text}<extra>click to see it</extra>")
+
+    fig = go.Figure()
+    for c in range(len(CLASS_NAMES)):
+        if c not in wanted:
+            continue
+        mask = keep & (labels == c)
+        fig.add_trace(go.Scattergl(mode="markers", name=SHORT_NAMES[c], legendgroup=str(c), **points(mask),
+                                   marker=dict(color=CLASS_COLOURS[c], size=5, opacity=0.75),
+                                   selected=dict(marker=dict(size=14, opacity=1)),
+                                   unselected=dict(marker=dict(opacity=0.35))))
+    marked = keep & wrong
+    fig.add_trace(go.Scattergl(mode="markers", name=f"mistakes ({int(marked.sum()):,})", **points(marked),
+                               marker=dict(symbol="x", color="#111111", size=6, opacity=0.9),
+                               selected=dict(marker=dict(size=14, opacity=1)),
+                               unselected=dict(marker=dict(opacity=0.5))))
+    if placed is not None and len(placed):
+        placed = np.asarray(placed, dtype=float).reshape(-1, 2)
+        names = list(placed_names) if placed_names is not None else [f"input {i + 1}" for i in range(len(placed))]
+        fig.add_trace(go.Scatter(x=placed[:, 0], y=placed[:, 1], mode="markers+text", name="your input",
+                                 text=names, textposition="top center", hovertemplate="%{text}<extra></extra>",
+                                 marker=dict(symbol="star", size=18, color="#ffd400",
+                                             line=dict(color="#111111", width=1.5))))
+    # t-SNE's axes have no units: no ticks, one unit the same length both ways
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, title_text="")
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, title_text="", scaleanchor="x")
+    fig.update_layout(clickmode="event+select", plot_bgcolor="#fafafa")
+    return _layout(fig, "", height=height)

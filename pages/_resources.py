@@ -132,3 +132,41 @@ def run_files(run_dir: str, stamp: tuple) -> dict:
 
 def load_run_files(run_dir: Path) -> dict:
     return run_files(str(run_dir), _manifest_stamp(run_dir))
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading the run's trust artifacts...")
+def _trust_cached(run_dir: str, stamp: tuple):
+    from fmnist import trust
+
+    return trust.load(run_dir) if trust.has_trust(run_dir) else None
+
+
+def run_trust(run_dir: Path):
+    """A run's verified trust artifacts (fmnist.trust: temperature, thresholds, reference), loaded once
+    per server and again when the run's manifest changes. Returns (Trust or None when the run has
+    none, None) or (None, the one-line reason they were refused)."""
+    from fmnist.trust import TrustError
+
+    try:
+        return _trust_cached(str(run_dir), _manifest_stamp(run_dir)), None
+    except TrustError as exc:
+        return None, str(exc)
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading the feature map...")
+def _feature_map_cached(run_dir: str, stamp: tuple):
+    from fmnist import featuremap
+
+    return featuremap.load(run_dir)
+
+
+def feature_map(run_dir: Path):
+    """A run's verified 2-D map (fmnist.featuremap), loaded once per server and again when the run's
+    manifest changes. Returns (FeatureMap or None when the run has none, None) or (None, the one-line
+    reason it was refused)."""
+    from fmnist.featuremap import MapError
+
+    try:
+        return _feature_map_cached(str(run_dir), _manifest_stamp(run_dir)), None
+    except MapError as exc:
+        return None, str(exc)

@@ -1,10 +1,12 @@
 """Results: a run's test metrics, overfitting gap, curves, per-class scores, a clickable
-confusion matrix with its gallery, the misclassified gallery and the most confused pairs."""
+confusion matrix with its gallery, the misclassified gallery, the most confused pairs, how well its
+confidence is calibrated (reliability diagram, ECE before and after temperature scaling) and the 2-D
+map of the test set in its feature space (click a point to see the image)."""
 
 import numpy as np
 import streamlit as st
 
-from fmnist import charts, explore
+from fmnist import calibration, charts, explore
 from fmnist.data import CLASS_NAMES
 from fmnist.evaluation import cell_items
 from pages import _navigation, _resources, _selection
@@ -12,6 +14,9 @@ from pages import _navigation, _resources, _selection
 _navigation.ensure_navigation()
 
 GALLERY_COLUMNS = 8
+MAX_TEST_INDEX = 9_999
+ECE_HELP = ("Expected calibration error, 15 equal-width confidence bins: the answers' mean |accuracy − "
+            "confidence| per bin, weighted by how many answers fall in it. 0% = perfectly calibrated.")
 
 
 def gallery(items: list[dict], images: np.ndarray | None, limit: int, key: str) -> None:
@@ -36,17 +41,137 @@ def gallery(items: list[dict], images: np.ndarray | None, limit: int, key: str) 
                               f"{CLASS_NAMES[item['predicted']]} ({item['confidence']:.0%})")
 
 
-def selected_cell(event) -> tuple[int, int] | None:
-    """(true, predicted) from a plotly selection event on the confusion matrix, if any."""
+def selected_points(event) -> list[dict]:
+    """The points of a plotly selection event (an empty list when nothing is selected)."""
     try:
         points = event.selection.points if hasattr(event, "selection") else event["selection"]["points"]
     except (KeyError, TypeError, AttributeError):
-        return None
-    for point in points or []:
+        return []
+    return list(points or [])
+
+
+def selected_cell(event) -> tuple[int, int] | None:
+    """(true, predicted) from a plotly selection event on the confusion matrix, if any."""
+    for point in selected_points(event):
         custom = point.get("customdata")
         if custom is not None and len(custom) >= 2:
             return int(custom[0]), int(custom[1])
     return None
+
+
+def selected_item(event) -> int | None:
+    """The test-set index of the point clicked on the map (its customdata's first value), if any."""
+    for point in selected_points(event):
+        custom = point.get("customdata")
+        if custom is not None and len(custom) >= 3:
+            return int(custom[0])
+    return None
+
+
+def percent(value: float) -> str:
+    return f"{value:.2%}"
+
+
+def calibration_tab(run, probs: np.ndarray | None, labels: np.ndarray | None) -> None:
+    """Reliability diagram and ECE (15 bins) of the run's test answers, before and after its temperature."""
+    if probs is None or labels is None:
+        st.info("Calibration needs the run's test probabilities and the test labels (the Fashion-MNIST "
+                "data on this server).")
+        return
+    trust, problem = _resources.run_trust(run.path)
+    if problem:
+        st.error(problem)
+    before = calibration.reliability_diagram(probs, labels)
+    ece_before = calibration.expected_calibration_error(probs, labels)
+    if trust is None:
+        m = st.columns(3)
+        m[0].metric("ECE as answered", percent(ece_before), help=ECE_HELP)
+        if not problem:
+            st.info("This run has no temperature yet (runs trained before calibration was added). Compute "
+                    "it once on the server, from its validation split (a minute or two):\n\n"
+                    f"`python -m fmnist.trust --run {run.path}`")
+        st.plotly_chart(charts.reliability_figure(before), key="res_reliability")
+        return
+    temperature = float(trust.temperature)
+    calibrated = calibration.apply_temperature(probs, temperature)
+    after = calibration.reliability_diagram(calibrated, labels)
+    ece_after = calibration.expected_calibration_error(calibrated, labels)
+    m = st.columns(3)
+    m[0].metric("ECE as answered", percent(ece_before), help=ECE_HELP)
+    m[1].metric("ECE after temperature scaling", percent(ece_after),
+                delta=f"{(ece_after - ece_before) * 100:+.2f} pts", delta_color="inverse", help=ECE_HELP)
+    m[2].metric("Temperature T", f"{temperature:.3f}",
+                help="The model's log-probabilities are divided by T before the softmax. T was fitted on the "
+                     "validation split (never the test set) by minimising the negative log-likelihood.")
+    modest = ("T is below 1: the model was too modest (it said 80% where it was right more often; label "
+              "smoothing in training does this), so scaling makes it surer." if temperature < 1 else
+              "T is above 1: the model was over-confident, so scaling makes it less sure.")
+    st.markdown(
+        "**What it means.** When the model says it is 90% sure, is it right about 9 times in 10? The expected "
+        f"calibration error (ECE) is the average gap between the two over {calibration.ECE_BINS} confidence bins: "
+        f"**{percent(ece_before)}** for its answers as they are, **{percent(ece_after)}** after temperature "
+        f"scaling. {modest} The ranking of the classes does not change, so accuracy stays the same; only the "
+        "percentages become honest enough to decide which answers to check by hand.")
+    st.plotly_chart(charts.reliability_figure(before, after, temperature), key="res_reliability")
+    st.caption(f"{len(labels):,} test images. Each dot is one confidence bin; its size grows with the number "
+               "of answers in it (hover for the count). On the diagonal, confidence and accuracy agree.")
+
+
+def map_tab(run, probs: np.ndarray | None, labels: np.ndarray | None, images: np.ndarray | None) -> None:
+    """The run's 2-D map of test items (coloured by class, mistakes marked); a click shows the image."""
+    fmap, problem = _resources.feature_map(run.path)
+    if problem:
+        st.error(problem)
+        return
+    if fmap is None:
+        st.info("This run has no feature map yet (runs trained before the map was added). Compute it once on "
+                "the server (features through the model, then t-SNE: a few minutes on 2 cores):\n\n"
+                f"`python -m fmnist.featuremap --run {run.path}`")
+        return
+    confidence = None
+    if probs is not None and len(probs) > int(fmap.index.max(initial=0)):
+        confidence = probs[fmap.index].max(axis=1)
+    c1, c2 = st.columns([4, 1])
+    picked = c1.pills("Classes", list(CLASS_NAMES), selection_mode="multi", default=list(CLASS_NAMES),
+                      key="res_map_classes")
+    mistakes_only = c2.toggle("Mistakes only", key="res_map_mistakes")
+    classes = [CLASS_NAMES.index(name) for name in picked or []]
+    st.caption(f"Each dot is one of {len(fmap.coords):,} test images, placed by t-SNE so that images the model "
+               "sees as alike (its last hidden layer) sit close together; colour: the true class, black x: "
+               f"the model's mistakes ({int(fmap.mistakes.sum()):,}). Near means alike; the distance between "
+               "far-apart clusters means little. Click a dot to see the image; scroll or drag to zoom.")
+    if not classes:
+        st.info("Pick at least one class.")
+        return
+    event = st.plotly_chart(
+        charts.feature_map_figure(fmap.coords, fmap.labels, fmap.predictions, fmap.index, confidence, classes,
+                                  mistakes_only),
+        key=f"res_map_{run.name}", on_select="rerun", selection_mode="points")
+    item = selected_item(event)
+    with st.expander("Or pick a test image by its number", expanded=False):
+        typed = st.number_input("Test image #", min_value=0, max_value=MAX_TEST_INDEX, value=None, step=1,
+                                key="res_map_pick")
+        if item is None and typed is not None:
+            item = int(typed)
+    if item is not None:
+        show_item(item, probs, labels, images)
+
+
+def show_item(item: int, probs: np.ndarray | None, labels: np.ndarray | None, images: np.ndarray | None) -> None:
+    """One test image enlarged, with its true label, the model's answer and its probabilities."""
+    if images is None or labels is None or not 0 <= item < len(images):
+        st.warning("The test images are not available (no Fashion-MNIST data on this server).")
+        return
+    true = int(labels[item])
+    caption = f"Test image #{item}: true {CLASS_NAMES[true]}"
+    if probs is not None:
+        predicted = int(probs[item].argmax())
+        caption += (f", predicted {CLASS_NAMES[predicted]} ({float(probs[item].max()):.0%}) · "
+                    + ("right" if predicted == true else "a mistake"))
+    c1, c2 = st.columns([1, 2])
+    c1.image(explore.enlarge(images[item], 6), caption=caption)
+    if probs is not None:
+        c2.plotly_chart(charts.probability_bars(probs[item]), key="res_map_probs")
 
 
 st.title("Results")
@@ -87,8 +212,8 @@ if isinstance(train_acc, float) and isinstance(val_acc, float):
         st.warning(f"Overfitting: {train_acc:.2%} on training images vs {val_acc:.2%} on validation. "
                    "Dropout, augmentation or fewer epochs narrow the gap.")
 
-tab_curves, tab_confusion, tab_mistakes, tab_classes = st.tabs(
-    ["Curves", "Confusion matrix", "Misclassified", "Per class"])
+tab_curves, tab_confusion, tab_mistakes, tab_classes, tab_calibration, tab_map = st.tabs(
+    ["Curves", "Confusion matrix", "Misclassified", "Per class", "Calibration", "Map"])
 
 with tab_curves:
     epochs = [e for e in (history or {}).get("epochs", []) if not e.get("partial")] or \
@@ -145,3 +270,9 @@ with tab_classes:
                    "support": r["support"]} for r in per_class], hide_index=True,
                  column_config={k: st.column_config.NumberColumn(format="%.3f")
                                 for k in ("precision", "recall", "F1")})
+
+with tab_calibration:
+    calibration_tab(run, probs, labels)
+
+with tab_map:
+    map_tab(run, probs, labels, test_images)
