@@ -36,8 +36,16 @@ def shot(page, name: str, max_height: int = 4000) -> None:
         page.set_viewport_size({"width": 1400, "height": min(max_height, max(1000, int(height)))})
         wait_idle(page)
         time.sleep(1.5)  # plotly charts finish drawing
-        page.screenshot(path=str(Path(SHOTS) / name))
+        save_small_png(page.screenshot(), Path(SHOTS) / name)
         page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def save_small_png(data: bytes, path: Path) -> None:
+    """A screenshot in 256 colours (no dithering): the same picture at about 40% of the bytes."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def digit_photo(digit: str = "7") -> bytes:
