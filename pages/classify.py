@@ -160,7 +160,9 @@ def show_explanation(model, run, image: np.ndarray, alert) -> None:
         else:
             st.caption("No nearest training images: this run has no trust artifacts.")
     st.caption(f"Heat map: red = evidence for {name} (hiding those pixels lowers its probability), "
-               f"blue = evidence against it. Explained by {model.name} in "
+               f"blue = evidence against it."
+               + (f" Grad-CAM: red = where a late convolutional stage's features raise the {name} score." if found.gradcam
+                  is not None else "") + f" Explained by {model.name} in "
                f"{sum(found.seconds.values()) * 1000:.0f} ms"
                + (f" · unfamiliar score {found.unfamiliar_score:.2f} (above 1.00 is unfamiliar)"
                   if found.unfamiliar_score is not None else "") + ".")
