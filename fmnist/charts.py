@@ -262,4 +262,31 @@ def feature_map_figure(coords: np.ndarray, labels: np.ndarray, predictions: np.n
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, title_text="")
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, title_text="", scaleanchor="x")
     fig.update_layout(clickmode="event+select", plot_bgcolor="#fafafa")
-    return _layout(fig, "", height=height)
+    _layout(fig, "", height=height)
+    # the legend (a class filter: click to hide, double-click to isolate) in a column on the right,
+    # clear of Plotly's toolbar, which covers the top right corner
+    fig.update_layout(legend=dict(orientation="v", yanchor="top", y=1, xanchor="left", x=1.01,
+                                  title=dict(text="true class")),
+                      margin=dict(l=10, r=10, t=36, b=10))
+    return fig
+
+
+def selected_customdata(event) -> list[list]:
+    """The customdata rows of the points a Streamlit plotly selection event holds, as lists. Plotly
+    sends customdata given as a NumPy array (a typed array) as {"0": a, "1": b, ...}, and given as
+    lists as a list: both come back as [a, b, ...]. An event without points gives []."""
+    try:
+        points = event.selection.points if hasattr(event, "selection") else event["selection"]["points"]
+    except (KeyError, TypeError, AttributeError):
+        return []
+    rows = []
+    for point in points or []:
+        custom = point.get("customdata") if isinstance(point, dict) else None
+        if isinstance(custom, dict):
+            try:
+                custom = [custom[k] for k in sorted(custom, key=int)]
+            except ValueError:
+                continue
+        if isinstance(custom, (list, tuple)):
+            rows.append(list(custom))
+    return rows

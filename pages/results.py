@@ -41,29 +41,18 @@ def gallery(items: list[dict], images: np.ndarray | None, limit: int, key: str) 
                               f"{CLASS_NAMES[item['predicted']]} ({item['confidence']:.0%})")
 
 
-def selected_points(event) -> list[dict]:
-    """The points of a plotly selection event (an empty list when nothing is selected)."""
-    try:
-        points = event.selection.points if hasattr(event, "selection") else event["selection"]["points"]
-    except (KeyError, TypeError, AttributeError):
-        return []
-    return list(points or [])
-
-
 def selected_cell(event) -> tuple[int, int] | None:
     """(true, predicted) from a plotly selection event on the confusion matrix, if any."""
-    for point in selected_points(event):
-        custom = point.get("customdata")
-        if custom is not None and len(custom) >= 2:
+    for custom in charts.selected_customdata(event):
+        if len(custom) >= 2:
             return int(custom[0]), int(custom[1])
     return None
 
 
 def selected_item(event) -> int | None:
     """The test-set index of the point clicked on the map (its customdata's first value), if any."""
-    for point in selected_points(event):
-        custom = point.get("customdata")
-        if custom is not None and len(custom) >= 3:
+    for custom in charts.selected_customdata(event):
+        if len(custom) >= 3:
             return int(custom[0])
     return None
 

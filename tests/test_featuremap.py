@@ -195,3 +195,53 @@ def test_quick_runs_get_smaller_maps():
     assert fm.items_for(None) == fm.ITEMS
     assert fm.items_for(300) == fm.MIN_QUICK_ITEMS
     assert fm.items_for(8000) == 2000 and fm.items_for(50_000) == fm.ITEMS
+
+
+# ---- the figures the Results page draws from the map and the calibration ----------------------------
+
+def test_feature_map_figure_traces_filters_and_placed_inputs():
+    from fmnist.charts import feature_map_figure
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(CLASSES), 5)
+    predictions = labels.copy()
+    predictions[[0, 7, 12]] = 9  # three mistakes (one of them true class 0, one class 1, one class 2)
+    coords, index = rng.normal(size=(len(labels), 2)), np.arange(100, 100 + len(labels))
+    fig = feature_map_figure(coords, labels, predictions, index, np.full(len(labels), 0.5))
+    assert [t.type for t in fig.data] == ["scattergl"] * 11
+    assert fig.data[-1].name == "mistakes (3)" and sorted(fig.data[-1].customdata[:, 0]) == [100, 107, 112]
+    assert all(len(t.x) == 5 for t in fig.data[:10])
+    assert fig.data[0].text[0] == "#100 T-shirt/top → Ankle boot (50%)"
+    only = feature_map_figure(coords, labels, predictions, index, classes=[1], mistakes_only=True,
+                              placed=np.zeros((1, 2)), placed_names=["upload.png"])
+    assert [t.name for t in only.data] == ["Trouser", "mistakes (1)", "your input"]
+    assert list(only.data[0].customdata[:, 0]) == [107] and list(only.data[2].text) == ["upload.png"]
+
+
+def test_reliability_figure_draws_the_filled_bins():
+    from fmnist import calibration
+    from fmnist.charts import reliability_figure
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(10, 0.3), size=500).astype(np.float32)
+    labels = rng.integers(0, 10, size=500)
+    before = calibration.reliability_diagram(probs, labels)
+    after = calibration.reliability_diagram(calibration.apply_temperature(probs, 2.0), labels)
+    fig = reliability_figure(before, after, 2.0)
+    assert [t.name for t in fig.data] == ["perfectly calibrated", "as answered", "after temperature scaling (T = 2.000)"]
+    filled = before["count"] > 0
+    assert np.allclose(fig.data[1].x, before["confidence"][filled])
+    assert np.allclose(fig.data[1].y, before["accuracy"][filled])
+    assert len(reliability_figure(before).data) == 2
+
+
+def test_selected_customdata_reads_both_forms_plotly_sends():
+    from fmnist.charts import selected_customdata
+
+    typed = {"selection": {"points": [{"customdata": {"0": 7, "1": 3, "2": 5}}]}}  # from a NumPy array
+    listed = {"selection": {"points": [{"customdata": [2, 4, 9]}]}}
+    assert selected_customdata(typed) == [[7, 3, 5]]
+    assert selected_customdata(listed) == [[2, 4, 9]]
+    assert selected_customdata({"selection": {"points": []}}) == []
+    assert selected_customdata({"selection": {"points": [{"x": 1}]}}) == []
+    assert selected_customdata(None) == []
