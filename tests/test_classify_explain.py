@@ -349,18 +349,20 @@ def test_a_trouser_drawing_is_explained_without_a_warning(needs_data, shipped_mo
 
 @pytest.mark.app
 @pytest.mark.slow
-def test_a_run_without_trust_artifacts_still_answers_and_says_so(needs_data, app, canvas_with, runs_dir):
-    """A copy of the shipped model without its trust/ bundle: the answer comes with raw probabilities,
-    a heat map and a note saying there is no calibration and no familiarity check."""
+def test_a_run_without_trust_artifacts_still_answers_and_says_so(needs_data, app, canvas_with, tmp_path,
+                                                                  monkeypatch):
+    """A copy of the shipped model without its trust/ bundle (in a runs folder of its own, so the other
+    tests keep the shipped model as the current run): the answer comes with raw probabilities, a heat
+    map and a note saying there is no calibration and no familiarity check."""
     from fmnist import runs
     from fmnist.runs import DEFAULT_MODEL_DIR
 
-    run = runs_dir / "20260102-000000-untrusted-abcd"
-    if not run.exists():
-        shutil.copytree(DEFAULT_MODEL_DIR, run)
-        shutil.rmtree(run / "trust")
-        runs.write_manifest(run)
+    run = tmp_path / "runs" / "20260102-000000-untrusted-abcd"
+    shutil.copytree(DEFAULT_MODEL_DIR, run)
+    shutil.rmtree(run / "trust")
+    runs.write_manifest(run)
     assert runs.verify_run(run).usable
+    monkeypatch.setenv("FMNIST_RUNS_DIR", str(run.parent))
     canvas_with(drawn_seven())
     app.selectbox(key="backend").set_value("openvino-fp32").run()
     goto(app, "classify")
