@@ -156,50 +156,32 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
 
 
 def make_train_dataset(x: np.ndarray, y: np.ndarray, config: TrainConfig):
-    """tf.data pipeline: cached uint8 tensors, shuffled, batched, augmented per batch, prefetched."""
+    """tf.data pipeline: cached uint8 tensors, shuffled, batched, augmented per batch (fmnist.augment),
+    prefetched."""
     import tensorflow as tf
+
+    from fmnist import augment
 
     n = len(x)
     ds = tf.data.Dataset.from_tensor_slices((x[..., None], y.astype(np.int32))).cache()
     ds = ds.shuffle(n, seed=config.seed, reshuffle_each_iteration=True).batch(config.batch_size)
-    flip, shift, scale = config.augment_flip, int(config.augment_shift), float(config.augment_scale)
+    options = dict(flip_images=bool(config.augment_flip), scale=float(config.augment_scale),
+                   shift_pixels=int(config.augment_shift), photo_strength=float(config.augment_photo),
+                   erase_probability=float(config.augment_erase))
 
-    def prepare(images, labels, seeds):
-        # Stateless random ops keyed by a seeded stream: the same seed gives the same augmentation,
+    def prepare(images, labels, seeds, extra_seeds):
+        # Stateless random ops keyed by seeded streams: the same seed gives the same augmentation,
         # whatever ran before in this process (stateful tf.random ops depend on graph op counters).
-        images = tf.cast(images, tf.float32)
-        b = tf.shape(images)[0]
-        if flip:
-            mirrored = tf.reverse(images, axis=[2])
-            coin = tf.random.stateless_uniform([b, 1, 1, 1], seed=seeds[0]) < 0.5
-            images = tf.where(coin, mirrored, images)
-        if scale:
-            # Zoom about the image centre with bilinear resampling: photos reach the model a fraction of
-            # a pixel larger or smaller and softer than the dataset's items (docs/photos.md).
-            factor = tf.random.stateless_uniform([b], seeds[3], 1.0 - scale, 1.0 + scale)
-            inv, centre = 1.0 / factor, 13.5
-            zeros = tf.zeros_like(inv)
-            transforms = tf.stack([inv, zeros, centre * (1.0 - inv), zeros, inv, centre * (1.0 - inv),
-                                   zeros, zeros], axis=1)
-            images = tf.raw_ops.ImageProjectiveTransformV3(
-                images=images, transforms=transforms, output_shape=[28, 28], fill_value=0.0,
-                interpolation="BILINEAR", fill_mode="CONSTANT")
-        if shift:
-            size = 28 + 2 * shift
-            padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]])
-            # one random crop offset per image, gathered in a single vectorised op
-            dy = tf.random.stateless_uniform([b], seeds[1], 0, 2 * shift + 1, dtype=tf.int32)
-            dx = tf.random.stateless_uniform([b], seeds[2], 0, 2 * shift + 1, dtype=tf.int32)
-            rows = dy[:, None] + tf.range(28)[None, :]
-            cols = dx[:, None] + tf.range(28)[None, :]
-            flat = tf.reshape(padded, [b, size * size])
-            index = rows[:, :, None] * size + cols[:, None, :]
-            images = tf.reshape(tf.gather(flat, tf.reshape(index, [b, -1]), batch_dims=1), [b, 28, 28, 1])
+        images = augment.augment_batch(tf.cast(images, tf.float32), seeds, extra_seeds, **options)
         return images, tf.one_hot(labels, 10)
 
-    seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True).batch(8).map(
-        lambda v: tf.reshape(v, [4, 2]))
-    ds = tf.data.Dataset.zip(ds, seeds).map(lambda batch, s: (*batch, s))
+    def seed_stream(seed: int, pairs: int):
+        return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2 * pairs).map(
+            lambda v: tf.reshape(v, [pairs, 2]))
+
+    # The first stream is the one runs before the photo and erase augmentations used: they train the same.
+    seeds = tf.data.Dataset.zip(seed_stream(config.seed, 4), seed_stream(config.seed + 1_000_003, 2))
+    ds = tf.data.Dataset.zip(ds, seeds).map(lambda batch, s: (*batch, *s))
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
