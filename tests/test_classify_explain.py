@@ -175,6 +175,25 @@ def test_openvino_inspection_matches_keras(shipped_model, probes):
 
 
 @pytest.mark.slow
+def test_openvino_names_the_stages_of_the_paper_architecture_too(tiny_run, tiny_dataset, tmp_path):
+    """The paper architecture (activated Conv2D layers, a LeakyReLU that OpenVINO runs as PRelu) through
+    its FP32 IR: the same stages, names and maps as Keras."""
+    from fmnist.backends import get_backend
+    from fmnist.export import export_run
+
+    run = tmp_path / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    export_run(run, calibration_images=tiny_dataset.x_train[:64], int8=False)
+    image = tiny_dataset.x_test[0]
+    expected = get_backend(run, "keras", cache=False, tta=False).stage_activations(image)
+    stages = get_backend(run, "openvino-fp32", cache=False, tta=False).stage_activations(image)
+    assert [s["name"] for s in stages] == [s["name"] for s in expected] == ["conv1", "pool1", "conv2", "pool2", "conv3"]
+    for got, want in zip(stages, expected):
+        assert got["maps"].shape == want["maps"].shape
+        assert np.abs(got["maps"] - want["maps"]).max() < 1e-4 * max(1.0, float(np.abs(want["maps"]).max()))
+
+
+@pytest.mark.slow
 def test_keras_backend_explains_with_sub_models_built_once(shipped_model, probes):
     """KerasBackend's methods (what the worker answers) give what fmnist.explain's functions give."""
     from fmnist.backends import get_backend
