@@ -204,10 +204,10 @@ def backend_features(backend, images: np.ndarray) -> dict[str, np.ndarray]:
     (same keys) where it has one."""
     from fmnist import explain
 
+    if hasattr(backend, "features"):  # the backend's own (OpenVINO: compiled once; the app's Keras worker)
+        return backend.features(images)
     if str(getattr(backend, "name", "")).startswith("openvino"):
         return explain.openvino_feature_sets(explain.openvino_feature_model(backend.model), images)
-    if hasattr(backend, "features"):  # a backend that computes them elsewhere (the app's Keras worker)
-        return backend.features(images)
     model = backend.model
     first = explain.activation_layers(model)[0]
     found = explain.feature_sets(model, images, [first])
