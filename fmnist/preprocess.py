@@ -31,6 +31,7 @@ TRIM_TOLERANCE = 0.05  # the recipe's "within 5% of the corner colour" (of the R
 PLAIN_BORDER_SHARE = 0.85  # a background is plain when this share of the border matches the corner colour
 SHARPEN_RADIUS = 1.0  # unsharp mask: the paper's Gaussian radius; amount measured in docs/photos.md
 SHARPEN_PERCENT = 50
+HOLE_SHARE = 0.005  # holes in a separated item's mask are filled up to this share of the frame
 LOW_CONTRAST = 40  # grey levels between item and background below which a warning is given
 EMPTY_CANVAS_MESSAGE = "The canvas is empty: draw an item first."
 NOT_SINGLE_ITEM = "This does not look like a single item on a plain background; the result may be unreliable."
@@ -273,10 +274,23 @@ def stretch_levels(grey: np.ndarray, black: float = 0.0) -> np.ndarray:
 # Background separation (for photos whose background is not plain)
 
 
+def fill_small_holes(mask: np.ndarray, share: float = HOLE_SHARE) -> np.ndarray:
+    """The mask with its enclosed holes filled when each is under `share` of the frame (a print or a
+    shadow inside the item that the colour models called background); larger enclosed regions stay
+    background: the floor between trouser legs touching at the hems, the inside of a bag's handle."""
+    filled = ndimage.binary_fill_holes(mask)
+    holes, count = ndimage.label(filled & ~mask)
+    if not count:
+        return filled
+    sizes = np.bincount(holes.ravel())
+    large = np.flatnonzero(sizes > share * mask.size)
+    return filled & ~np.isin(holes, large[large > 0])
+
+
 def segment_item(rgb: np.ndarray, rounds: int = 2, k: int = 5) -> np.ndarray:
     """Boolean mask of the item: colour models (k-means in Lab) of the border band (background) and
     of the centre (item) classify each pixel; the decision is smoothed, reduced to the largest central
-    component with holes filled, and the models are re-estimated from it for a few rounds."""
+    component with its small holes filled, and the models are re-estimated from it for a few rounds."""
     h, w = rgb.shape[:2]
     lab = rgb_to_lab(rgb)
     band = border_band((h, w), max(2, round(0.06 * max(h, w))))
@@ -295,7 +309,7 @@ def segment_item(rgb: np.ndarray, rounds: int = 2, k: int = 5) -> np.ndarray:
         d_fg = nearest_distance(lab, kmeans(fg_pts, k))
         size = 2 * max(1, round(0.015 * max(h, w))) + 1
         score = ndimage.uniform_filter((d_bg - d_fg).astype(np.float64), size, mode="nearest").astype(np.float32)
-        new = ndimage.binary_fill_holes(largest_component(score > 0))
+        new = fill_small_holes(largest_component(score > 0))
         if new.sum() < 0.01 * h * w:
             break
         mask = new
@@ -325,14 +339,20 @@ def item_contrast(rgb: np.ndarray, mask: np.ndarray) -> float:
 
 def recipe(rgb: np.ndarray, background: np.ndarray, steps: list | None = None, flat_lay: bool = False
            ) -> np.ndarray:
-    """The Fashion-MNIST recipe from trimming on, for a dark item on a light background colour."""
+    """The Fashion-MNIST recipe from trimming on, for a dark item on a light background colour.
+
+    flat_lay: the item was separated from a home photo's background (`prepare_photo`): it gets the
+    flat-lay proportions and is not sharpened (its cut-out outline is already hard, and the unsharp
+    mask's overshoot along it made home photos less recognisable: docs/photos.md)."""
     steps = steps if steps is not None else []
     trimmed = trim_edges(rgb, background)
     steps.append(("trimmed", trimmed))
     resized = resize_flat_lay(trimmed) if flat_lay else resize_longest(trimmed)
     steps.append(("resized", resized))
-    sharp = sharpen(resized)
-    steps.append(("sharpened", sharp))
+    sharp = resized
+    if not flat_lay:
+        sharp = sharpen(resized)
+        steps.append(("sharpened", sharp))
     padded = pad_centred(sharp, fill=background)
     steps.append(("padded", padded))
     grey = to_grey(negate(padded))
