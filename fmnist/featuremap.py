@@ -4,9 +4,10 @@ stored with it (the `map/` bundle, verified by its own manifest and the run's, l
 How it is made (`compute`):
 
 * the penultimate features (the layer before the classifier) of a stratified subset of the test set
-  through the run's Keras model (`ITEMS` = 5,000 of the 10,000 items: t-SNE of all 10,000 took
-  90-200 s on this shared 2-core machine, 5,000 with 500 iterations 55-110 s; docs/explain.md; a
-  run trained with `--limit N` maps N/4 items, at least 1,000, so a quick try-out stays quick);
+  through the run's Keras model (`ITEMS` = 5,000 of the 10,000 items: t-SNE of 5,000 items takes
+  about 22 CPU seconds, of all 10,000 about 56, 94 s of wall time on this shared machine; a run
+  trained with `--limit N` maps N/4 items, at least 1,000, so a quick try-out stays quick: 1,000
+  items take about 3 CPU seconds; docs/explain.md);
 * PCA of the L2-normalised features to `PCA_DIMS` dimensions (`familiarity.fit_projection`, as the
   trust bundle's neighbour reference), then scikit-learn's t-SNE to 2-D with a fixed seed.
 
@@ -87,8 +88,9 @@ def items_for(limit: int | None) -> int:
 
 
 def embed(reference: np.ndarray, seed: int = SEED, iterations: int = TSNE_ITERATIONS) -> np.ndarray:
-    """(N, 2) float32 t-SNE of PCA coordinates (scikit-learn, Barnes-Hut, fixed seed, 2 threads)."""
+    """(N, 2) float32 t-SNE of PCA coordinates (scikit-learn, Barnes-Hut, fixed seed, one thread)."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
     n = len(reference)
     if n < MIN_ITEMS:
@@ -96,8 +98,12 @@ def embed(reference: np.ndarray, seed: int = SEED, iterations: int = TSNE_ITERAT
     # perplexity must stay below the number of points (tiny test sets)
     perplexity = float(min(PERPLEXITY, (n - 1) / 3))
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                max_iter=max(250, int(iterations)), random_state=seed, n_jobs=2)
-    return tsne.fit_transform(np.asarray(reference, dtype=np.float32)).astype(np.float32)
+                max_iter=max(250, int(iterations)), random_state=seed, n_jobs=1)
+    # One OpenMP thread: on this shared 2-core machine two threads took twice the wall time and 1.8x the
+    # CPU time (5,000 items: 92 s vs 49 s at load 8; threads spin at every iteration's barrier), and
+    # 1,000 items took 18 CPU s instead of 3. The limit must be set after scikit-learn's OpenMP is loaded.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return tsne.fit_transform(np.asarray(reference, dtype=np.float32)).astype(np.float32)
 
 
 def build(features: np.ndarray, labels: np.ndarray, predictions: np.ndarray, index: np.ndarray,
