@@ -255,8 +255,46 @@ def place(fmap: FeatureMap, penultimate_features: np.ndarray, k: int = PLACE_K) 
     return fmap.coords[idx].mean(axis=1).astype(np.float32)
 
 
+def faithfulness(fmap: FeatureMap, test_features: np.ndarray, test_labels: np.ndarray,
+                 test_predictions: np.ndarray) -> dict:
+    """How well the map keeps what the model sees (features of the whole test set, rows = test index):
+    for mapped points, how often the nearest other point on the map has the same true label; for test
+    items left off the map and placed with `place`, how often the nearest mapped point has their true
+    label and the model's answer; how far a mapped item placed from its own features lands from its
+    own position (median, as a fraction of the map's diagonal)."""
+    from fmnist.familiarity import nearest_neighbours
+
+    on_map = nearest_neighbours(fmap.coords, fmap.coords, k=2)[0][:, 1]  # [:, 0] is the point itself
+    result = {"points": int(len(fmap.coords)),
+              "map_nearest_same_label": float(np.mean(fmap.labels[on_map] == fmap.labels))}
+    off = np.setdiff1d(np.arange(len(test_labels)), fmap.index)
+    if len(off):
+        nearest = nearest_neighbours(fmap.coords, place(fmap, test_features[off]), k=1)[0][:, 0]
+        result.update(placed_items=int(len(off)),
+                      placed_nearest_same_label=float(np.mean(fmap.labels[nearest] == test_labels[off])),
+                      placed_nearest_same_answer=float(np.mean(fmap.predictions[nearest] == test_predictions[off])))
+    own = place(fmap, test_features[fmap.index])
+    diagonal = float(np.linalg.norm(fmap.coords.max(axis=0) - fmap.coords.min(axis=0)))
+    result["own_position_error"] = float(np.median(np.linalg.norm(own - fmap.coords, axis=1)) / max(diagonal, 1e-9))
+    return result
+
+
+def measure(run_dir: str | Path, dataset) -> dict:
+    """`faithfulness` of a run's stored map on the whole test set (features through its Keras model)."""
+    from fmnist.explain import penultimate_features
+    from fmnist.keras_backend import load_model
+    from fmnist.runs import load_test_probs
+
+    fmap = load(run_dir)
+    if fmap is None:
+        raise MapError(f"{run_dir} has no feature map: run `python -m fmnist.featuremap --run {run_dir}`")
+    features, _ = penultimate_features(load_model(run_dir), dataset.x_test)
+    return faithfulness(fmap, features, np.asarray(dataset.y_test), load_test_probs(run_dir).argmax(axis=1))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m fmnist.featuremap [--run RUN] [--force]`: compute and store a run's feature map."""
+    """`python -m fmnist.featuremap [--run RUN] [--force] [--measure]`: compute and store a run's feature map
+    (nothing is computed when it has an intact one)."""
     import argparse
 
     from fmnist.data import DataError, load_fashion_mnist
@@ -267,11 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir")
     parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: FMNIST_DATA_DIR)")
     parser.add_argument("--force", action="store_true", help="compute it again even if the run has one")
+    parser.add_argument("--measure", action="store_true",
+                        help="then measure how faithful it is on the whole test set (featuremap.faithfulness)")
     args = parser.parse_args(argv)
     try:
         run_dir = resolve_checked_run(args.run, args.runs_dir)
-        info = store(run_dir, load_fashion_mnist(args.data_dir, download=False),
-                     progress=lambda text: print(text, file=sys.stderr, flush=True), force=args.force)
+        dataset = load_fashion_mnist(args.data_dir, download=False)
+        info = store(run_dir, dataset, progress=lambda text: print(text, file=sys.stderr, flush=True),
+                     force=args.force)
+        if args.measure:
+            info = {**info, "faithfulness": measure(run_dir, dataset)}
     except (RunError, MapError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

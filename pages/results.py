@@ -138,7 +138,8 @@ def map_tab(run, probs: np.ndarray | None, labels: np.ndarray | None, images: np
         key=f"res_map_{run.name}", on_select="rerun", selection_mode="points")
     item = selected_item(event)
     with st.expander("Or pick a test image by its number", expanded=False):
-        typed = st.number_input("Test image #", min_value=0, max_value=MAX_TEST_INDEX, value=None, step=1,
+        last = len(images) - 1 if images is not None else MAX_TEST_INDEX
+        typed = st.number_input("Test image #", min_value=0, max_value=max(last, 0), value=None, step=1,
                                 key="res_map_pick")
         if item is None and typed is not None:
             item = int(typed)

@@ -245,3 +245,19 @@ def test_selected_customdata_reads_both_forms_plotly_sends():
     assert selected_customdata({"selection": {"points": []}}) == []
     assert selected_customdata({"selection": {"points": [{"x": 1}]}}) == []
     assert selected_customdata(None) == []
+
+
+def test_faithfulness_on_separated_clusters(synthetic_map):
+    fmap, centres = synthetic_map
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(CLASSES), 3)
+    extra = np.abs(centres[labels] + rng.normal(0, 0.15, size=(len(labels), DIMS))).astype(np.float32)
+    # the whole "test set": the mapped items' own features (index 0..299) and 30 more left off the map
+    features, mapped_labels, _ = clusters()
+    all_features = np.concatenate([features, extra])
+    all_labels = np.concatenate([mapped_labels, labels])
+    found = fm.faithfulness(fmap, all_features, all_labels, all_labels)
+    assert found["points"] == CLASSES * PER_CLASS and found["placed_items"] == len(labels)
+    assert found["map_nearest_same_label"] > 0.95
+    assert found["placed_nearest_same_label"] > 0.95 and found["placed_nearest_same_answer"] > 0.95
+    assert found["own_position_error"] < 0.05
