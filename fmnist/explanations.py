@@ -41,6 +41,7 @@ class Explanation:
     gradcam: np.ndarray | None = None  # (28, 28), Keras backends only
     notes: tuple[str, ...] = ()  # plain sentences: no calibration, refused trust bundle, ...
     seconds: dict[str, float] = field(default_factory=dict)  # where the time went
+    position: np.ndarray | None = None  # (2,) where it sits on the run's feature map (featuremap.place)
 
     @property
     def confidence(self) -> float:
@@ -83,14 +84,14 @@ def _grad_cam(backend, images: np.ndarray, targets: np.ndarray) -> np.ndarray | 
 
 
 def explain_image(backend, image: np.ndarray, trust=None, neighbours: int = 5, gradcam: bool = False,
-                  note: str | None = None, patch: int = 6, stride: int = 2) -> Explanation:
+                  note: str | None = None, patch: int = 6, stride: int = 2, fmap=None) -> Explanation:
     """One image (28x28 pixels, 0..255) explained through `backend` (any predictor: Keras worker,
     OpenVINO FP32 or INT8, flip-averaged or not): the occlusion map and the answer in one batched
     call, then, with `trust` (trust.Trust, from `load_trust`), calibrated probabilities, nearest
     training items and the unfamiliar fields; without it the raw probabilities and `note`.
     gradcam: also Grad-CAM where the backend is Keras. patch, stride: the occlusion windows (the
     default is the CLI's; 6 at stride 3 is about 1.5x faster, its maps correlate 0.92 with the default's
-    on the shipped model)."""
+    on the shipped model). fmap: the run's featuremap.FeatureMap, to place the image on it."""
     from fmnist.calibration import apply_temperature
     from fmnist.explain import occlusion_maps
     from fmnist.predictor import as_batch
@@ -104,16 +105,21 @@ def explain_image(backend, image: np.ndarray, trust=None, neighbours: int = 5, g
     seconds["occlusion"] = time.perf_counter() - t0
     label = int(occluded["targets"][0])
     probs = occluded["probabilities"][0]
-    nearest, unfamiliar, score, notes = [], None, None, (note,) if note else ()
-    if trust is not None:
-        from fmnist import trust as ftrust
-
+    nearest, unfamiliar, score, notes, position = [], None, None, (note,) if note else (), None
+    if trust is not None or fmap is not None:
         t0 = time.perf_counter()
         features = backend_features(backend, x)
-        score = float(ftrust.unfamiliar_scores(trust, features)[0])
-        unfamiliar = score > 1.0
-        nearest = ftrust.nearest_items(trust, features, k=neighbours)[0]
-        probs = apply_temperature(probs[None], trust.temperature)[0]
+        if trust is not None:
+            from fmnist import trust as ftrust
+
+            score = float(ftrust.unfamiliar_scores(trust, features)[0])
+            unfamiliar = score > 1.0
+            nearest = ftrust.nearest_items(trust, features, k=neighbours)[0]
+            probs = apply_temperature(probs[None], trust.temperature)[0]
+        if fmap is not None:
+            from fmnist.featuremap import place
+
+            position = place(fmap, features["penultimate"])[0]
         seconds["features"] = time.perf_counter() - t0
     cam = None
     if gradcam:
@@ -123,7 +129,7 @@ def explain_image(backend, image: np.ndarray, trust=None, neighbours: int = 5, g
         seconds["gradcam"] = time.perf_counter() - t0
     return Explanation(label=label, probabilities=np.asarray(probs, dtype=np.float32), calibrated=trust is not None,
                        heatmap=occluded["maps"][0], method=METHOD, nearest=nearest, unfamiliar=unfamiliar,
-                       unfamiliar_score=score, gradcam=cam, notes=notes, seconds=seconds)
+                       unfamiliar_score=score, gradcam=cam, notes=notes, seconds=seconds, position=position)
 
 
 def explain_images(run_dir, backend, images: np.ndarray, neighbours: int = 5) -> list[dict]:

@@ -97,3 +97,21 @@ def job_line(snap: dict) -> str:
     if status == "failed":
         return f"Failed: {snap['message']}"
     return f"Cancelled: {snap['message']}"
+
+
+PLACED_KEY = "placed_inputs"  # this session's uploads and drawing on each run's feature map
+
+
+def remember_placed(run_dir: Path, name: str, position) -> None:
+    """Keep where one of this session's inputs sits on a run's feature map (Classify computes it,
+    Results' Map tab shows it); newest last, a few per run."""
+    placed = st.session_state.setdefault(PLACED_KEY, {}).setdefault(str(run_dir), {})
+    placed.pop(name, None)
+    placed[name] = (float(position[0]), float(position[1]))
+    while len(placed) > 12:
+        placed.pop(next(iter(placed)))
+
+
+def placed_inputs(run_dir: Path) -> dict[str, tuple[float, float]]:
+    """{input name: (x, y)} of this session's inputs placed on the run's feature map."""
+    return dict(st.session_state.get(PLACED_KEY, {}).get(str(run_dir), {}))

@@ -14,7 +14,7 @@ import streamlit as st
 
 from fmnist import charts, explore
 from fmnist.data import CLASS_NAMES
-from pages import _navigation, _resources, _selection
+from pages import _navigation, _resources, _selection, _session
 
 _navigation.ensure_navigation()
 
@@ -81,6 +81,7 @@ def explained(model, run, image: np.ndarray):
     from fmnist.explanations import explain_image
 
     trust, note = run_trust(run)
+    fmap, _ = _resources.feature_map(run.path)  # a refused map: no placement (Results says why)
     digest = hashlib.sha1(np.ascontiguousarray(image, dtype=np.float32).tobytes()).hexdigest()
     key = (digest, str(run.path), run_stamp(run), model.name, bool(getattr(model, "tta_flip", False)))
     cache = st.session_state.setdefault(EXPLAIN_KEY, {})
@@ -90,9 +91,9 @@ def explained(model, run, image: np.ndarray):
         try:
             if id(model) not in ready:  # the first explanation builds and traces models: not timed
                 with st.spinner("Preparing explanations (first use on this server)..."):
-                    explain_image(model, np.zeros((28, 28), np.float32), trust, NEIGHBOURS, gradcam, note)
+                    explain_image(model, np.zeros((28, 28), np.float32), trust, NEIGHBOURS, gradcam, note, fmap=fmap)
                 ready.add(id(model))
-            cache[key] = explain_image(model, image, trust, NEIGHBOURS, gradcam, note)
+            cache[key] = explain_image(model, image, trust, NEIGHBOURS, gradcam, note, fmap=fmap)
         except Exception as exc:  # BackendError, an OpenVINO runtime error...: one line, no traceback
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
             cache[key] = f"No explanation for this image: {first}"
@@ -135,7 +136,23 @@ def show_neighbours(nearest: list[dict]) -> None:
                + ".")
 
 
-def show_explanation(model, run, image: np.ndarray, alert) -> None:
+def show_on_map(run, found, source: str, key: str) -> None:
+    """Where the image sits among the test images on the run's feature map (a star), kept for the
+    Results page's Map tab too."""
+    if found.position is None:
+        return
+    _session.remember_placed(run.path, source, found.position)
+    fmap, _ = _resources.feature_map(run.path)
+    with st.expander("Where it sits among the test images (feature map)", expanded=False):
+        st.caption("The star is this image, placed among its nearest test images in the model's feature space; "
+                   "dots are test images coloured by their true class, black x the model's mistakes. "
+                   "Results → Map shows the same map with every input of this session.")
+        st.plotly_chart(charts.feature_map_figure(fmap.coords, fmap.labels, fmap.predictions, fmap.index,
+                                                  placed=found.position[None], placed_names=[source], height=480),
+                        key=f"map_{key}")
+
+
+def show_explanation(model, run, image: np.ndarray, alert, source: str = "input", key: str = "x") -> None:
     """Heat map, Grad-CAM (Keras), neighbours and the unfamiliar warning (in `alert`, above the answer)."""
     from fmnist.explanations import heat_overlay
 
@@ -168,6 +185,7 @@ def show_explanation(model, run, image: np.ndarray, alert) -> None:
                   if found.unfamiliar_score is not None else "") + ".")
     for note in found.notes:
         st.info(note)
+    show_on_map(run, found, source, key)
 
 
 def show_prediction(prepared, model, key: str, run, source: str, show_steps: bool = True) -> None:
@@ -194,7 +212,7 @@ def show_prediction(prepared, model, key: str, run, source: str, show_steps: boo
     with right:
         st.plotly_chart(charts.probability_bars(shown), key=f"bars_{key}")
     remember_for_look_inside(source, prepared.input)
-    show_explanation(model, run, prepared.input, alert)
+    show_explanation(model, run, prepared.input, alert, source, key)
     if show_steps and prepared.steps:
         with st.expander("Preprocessing, step by step"):
             cols = st.columns(min(len(prepared.steps), 6), gap="medium")

@@ -9,7 +9,7 @@ import streamlit as st
 from fmnist import calibration, charts, explore
 from fmnist.data import CLASS_NAMES
 from fmnist.evaluation import cell_items
-from pages import _navigation, _resources, _selection
+from pages import _navigation, _resources, _selection, _session
 
 _navigation.ensure_navigation()
 
@@ -132,9 +132,14 @@ def map_tab(run, probs: np.ndarray | None, labels: np.ndarray | None, images: np
     if not classes:
         st.info("Pick at least one class.")
         return
+    placed = _session.placed_inputs(run.path)
+    if placed:
+        st.caption(f"Stars: this session's {len(placed)} input(s) from Classify ({', '.join(placed)}), placed among "
+                   "their nearest test images.")
     event = st.plotly_chart(
         charts.feature_map_figure(fmap.coords, fmap.labels, fmap.predictions, fmap.index, confidence, classes,
-                                  mistakes_only),
+                                  mistakes_only, placed=np.array(list(placed.values())) if placed else None,
+                                  placed_names=list(placed)),
         key=f"res_map_{run.name}", on_select="rerun", selection_mode="points")
     item = selected_item(event)
     with st.expander("Or pick a test image by its number", expanded=False):

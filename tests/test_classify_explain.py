@@ -10,6 +10,7 @@ functions on its Keras model; the pages under AppTest with a fake canvas (tests/
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -295,6 +296,30 @@ def test_one_image_through_openvino_with_the_shipped_trust(shipped_model, probes
     assert noise.unfamiliar and noise.unfamiliar_score > 1.0
 
 
+@pytest.mark.slow
+def test_test_images_are_placed_among_their_own_class_on_the_map(needs_data, shipped_model):
+    """explain_image with the run's feature map puts each image where featuremap.place puts its features,
+    and correctly answered test images land among test items of their own class."""
+    from fmnist import featuremap
+    from fmnist.backends import get_backend
+    from fmnist.data import load_fashion_mnist
+
+    fmap = featuremap.load(shipped_model)
+    trust, _ = xp.load_trust(shipped_model)
+    ds = load_fashion_mnist(os.environ.get("FMNIST_DATA_DIR"), download=False)
+    backend = get_backend(shipped_model, "openvino-fp32")
+    off_map = np.setdiff1d(np.arange(len(ds.y_test)), fmap.index)[:: 250][:20]  # items t-SNE never saw
+    agree = 0
+    for i in off_map:
+        found = xp.explain_image(backend, ds.x_test[i], trust, fmap=fmap)
+        expected = featuremap.place(fmap, backend.features(ds.x_test[i][None])["penultimate"])[0]
+        assert np.allclose(found.position, expected, atol=1e-5)
+        near = np.argsort(np.linalg.norm(fmap.coords - found.position, axis=1))[:10]
+        agree += np.bincount(fmap.labels[near], minlength=10).argmax() == ds.y_test[i]
+    assert agree >= 0.8 * len(off_map), (agree, len(off_map))
+    assert xp.explain_image(backend, ds.x_test[0], trust).position is None  # no map given, no placement
+
+
 # ---------------------------------------------------------------- the pages under AppTest
 
 
@@ -364,6 +389,19 @@ def test_a_trouser_drawing_is_explained_without_a_warning(needs_data, shipped_mo
     assert not app.warning, [w.value for w in app.warning]
     assert "Where it looked (occlusion)" in image_captions(app)
     assert "red = evidence for Trouser" in texts(app)
+    # placed on the run's feature map: a star on Classify, and on Results' Map tab for this session
+    placed = app.session_state["placed_inputs"][str(shipped_model)]
+    assert list(placed) == ["Drawing"]
+    star = [t for c in app.get("plotly_chart") for t in json.loads(c.proto.spec)["data"] if t.get("name") == "your input"]
+    assert [t["text"] for t in star] == [["Drawing"]]
+    goto(app, "results")
+    from tests.test_results_tabs import map_specs, values
+
+    (spec,) = map_specs(app)
+    stars = [t for t in spec["data"] if t.get("name") == "your input"]
+    assert len(stars) == 1 and stars[0]["text"] == ["Drawing"]
+    assert np.allclose([values(stars[0]["x"])[0], values(stars[0]["y"])[0]], placed["Drawing"], atol=1e-4)
+    assert "Stars: this session's 1 input(s) from Classify (Drawing)" in texts(app)
 
 
 @pytest.mark.app
