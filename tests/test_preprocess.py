@@ -159,9 +159,20 @@ def test_cluttered_background_is_separated():
     small_truth = np.asarray(Image.fromarray(truth).resize(mask.shape[::-1], Image.Resampling.NEAREST))
     iou = (mask & small_truth).sum() / (mask | small_truth).sum()
     assert iou > 0.85
+    assert "sharpened" not in dict(prepared.steps)  # a separated item's cut-out outline is not sharpened
     out = prepared.input
     assert bbox(out)[0] == 0 and bbox(out)[1] == 27  # the tall item spans the full height
     assert out[:, :3].max() < 30 and out[:, -3:].max() < 30  # background removed to black
+
+
+def test_only_small_holes_of_the_item_mask_are_filled():
+    mask = np.zeros((100, 100), bool)
+    mask[10:90, 10:90] = True
+    mask[20:23, 20:23] = False  # 9 pixels: a print the colour models called background (0.09 % of the frame)
+    mask[40:80, 40:70] = False  # 1200 pixels: floor enclosed between legs touching at the hems (12 %)
+    filled = pp.fill_small_holes(mask)
+    assert filled[20:23, 20:23].all() and not filled[40:80, 40:70].any()
+    assert filled.sum() == mask.sum() + 9
 
 
 def test_segmenter_finds_the_item_in_a_simple_scene():
