@@ -27,11 +27,7 @@ import numpy as np
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FLAG_FRACTION = 0.05  # of held-out Fashion-MNIST validation items called unfamiliar, for single scores
-KNN_K = 10
 REDUCED_DIMS = (16, 32)
-# validation fractions over the combined score's two thresholds (k-NN, first stage), picked by looking
-# at the development sets (digits, hats, photos; never the test set)
-COMBINED_FRACTIONS = (0.015, 0.005)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +117,7 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
     from fmnist import familiarity as fam
     from fmnist import trust
     from fmnist.backends import get_backend
+    from fmnist.trust import FLAG_FRACTIONS, KNN_K
     from fmnist.config import TrainConfig
     from fmnist.data import make_splits, stratified_limit
     from fmnist.explain import activation_layers, feature_sets
@@ -157,7 +154,7 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
     }
     # the proposal: k-NN on penultimate features (content) or first-stage statistics (strokes, texture,
     # noise), each over its own validation threshold
-    parts = {"knn": COMBINED_FRACTIONS[0], f"mahalanobis_{early}": COMBINED_FRACTIONS[1]}
+    parts = {"knn": FLAG_FRACTIONS["knn"], f"mahalanobis_{early}": FLAG_FRACTIONS["first_stage"]}
     thresholds = {k: fam.choose_threshold(scores[k]["val"], fraction) for k, fraction in parts.items()}
     scores["combined"] = {k: fam.combined_score({p: scores[p][k] for p in parts}, thresholds) for k in feats}
 

@@ -9,7 +9,7 @@ What is stored (`trust/trust.json` + `trust/reference.npz`, about 2 MB for 54,00
   answers equal Keras's within 1e-3, and INT8's own T (0.61 vs 0.67 on the shipped model) would make
   the same image's calibrated probability depend on the backend.
 * **unfamiliar score** (higher = less like Fashion-MNIST): the larger of two distances, each over its
-  own threshold chosen on the validation split (never the test set): the distance to the k-th nearest
+  own threshold chosen on the validation split (never the test set): the distance to the 50th nearest
   training item in a 16-dimensional PCA of the L2-normalised penultimate features (content), and the
   Mahalanobis distance of the first stage's mean activations to the nearest class (strokes, texture,
   noise). Over 1.0 = unfamiliar.
@@ -34,11 +34,12 @@ BUNDLE = "trust"
 INFO_FILE = "trust.json"
 REFERENCE_FILE = "reference.npz"
 FORMAT = "fmnist-trust/1"
-KNN_K = 10
+KNN_K = 50  # the 50th nearest: a little steadier on real photos than the 10th (hats vs photos 0.837 vs 0.830)
 DIMS = 16
-# fraction of validation items over each signal's threshold (k-NN, first stage): measured with the
-# shipped model in docs/explain.md (development sets only, never the test set)
-FLAG_FRACTIONS = {"knn": 0.015, "first_stage": 0.005}
+# fraction of validation items over each signal's threshold (k-NN, first stage), picked on the
+# development sets with the shipped model (digits >= 90%, hats >= 60%, product photos <= 10% flagged;
+# docs/explain.md), never on the test set
+FLAG_FRACTIONS = {"knn": 0.0075, "first_stage": 0.003}
 REFERENCE_ARRAYS = ("mean", "components", "reference", "labels", "train_index", "first_means",
                     "first_precision")
 
