@@ -27,3 +27,21 @@ def remember_in_url(key: str, value: str | None) -> None:
     """Keep a choice in the URL so that a reload restores it."""
     if value and st.query_params.get(key) != value:
         st.query_params[key] = value
+
+
+def current_predictor():
+    """(run, backend) for the sidebar's choices, falling back to Keras with a note where the chosen
+    backend cannot serve this run; stops the page with a message when there is no model at all."""
+    run = current_run()
+    if run is None:
+        st.info("No trained model yet: train one on the Train page (or install the shipped default model).")
+        st.stop()
+    name = current_backend()
+    model, problem = _resources.backend(run.path, name)
+    if model is None and name != "keras":
+        st.warning(f"{problem}. Using Keras instead.")
+        model, problem = _resources.backend(run.path, "keras")
+    if model is None:
+        st.error(problem)
+        st.stop()
+    return run, model

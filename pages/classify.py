@@ -25,23 +25,6 @@ LOOK_INSIDE_KEY = "look_inside_images"  # this session's drawing and uploads, fo
 KEEP = 24  # entries per session cache: a long session of uploads does not grow memory
 
 
-def predictor():
-    """The sidebar's run and backend as a cached predictor, falling back to Keras with a note."""
-    run = _selection.current_run()
-    if run is None:
-        st.info("No trained model yet: train one on the Train page (or install the shipped default model).")
-        st.stop()
-    name = _selection.current_backend()
-    model, problem = _resources.backend(run.path, name)
-    if model is None and name != "keras":
-        st.warning(f"{problem}. Using Keras instead.")
-        model, problem = _resources.backend(run.path, "keras")
-    if model is None:
-        st.error(problem)
-        st.stop()
-    return run, model
-
-
 def predict(model, image28: np.ndarray) -> tuple[np.ndarray, float]:
     """Probabilities and the model call's own time in ms (a first use loads the backend before,
     shown as loading: it once read as "17184.2 ms" of latency)."""
@@ -284,7 +267,7 @@ def drawing_panel(model, run) -> None:
 
 
 st.title("Classify")
-run, model = predictor()
+run, model = _selection.current_predictor()
 st.caption(f"Model **{run.label()}** with **{_resources.BACKEND_LABELS.get(model.name, model.name)}** "
            "(change both in the sidebar). Under each answer: where the model looked and the training images "
            "it finds most alike; **Look inside** shows its feature maps layer by layer.")

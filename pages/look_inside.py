@@ -21,23 +21,6 @@ KEEP = 12
 SOURCES = ["Test image", "From Classify", "Upload"]
 
 
-def predictor():
-    """The sidebar's run and backend, falling back to Keras with a note (as Classify does)."""
-    run = _selection.current_run()
-    if run is None:
-        st.info("No trained model yet: train one on the Train page (or install the shipped default model).")
-        st.stop()
-    name = _selection.current_backend()
-    model, problem = _resources.backend(run.path, name)
-    if model is None and name != "keras":
-        st.warning(f"{problem}. Using Keras instead.")
-        model, problem = _resources.backend(run.path, "keras")
-    if model is None:
-        st.error(problem)
-        st.stop()
-    return run, model
-
-
 def pick_image():
     """(28x28 image, a short description) from the chosen source, or (None, None) after saying why."""
     source = st.radio("Image", SOURCES, horizontal=True, key="look_source")
@@ -95,7 +78,7 @@ def inside(model, run, image: np.ndarray):
 
 
 st.title("Look inside")
-run, model = predictor()
+run, model = _selection.current_predictor()
 label = _resources.BACKEND_LABELS.get(model.name, model.name)
 st.caption(f"Model **{run.label()}**; the maps are computed by **{label}** (change both in the sidebar). "
            "Each convolutional stage turns the image into many feature maps: bright = the filter found its "
