@@ -179,31 +179,14 @@ def store(run_dir: str | Path, dataset, progress: Callable[[str], None] = lambda
 
 def _verified_bytes(run_dir: Path) -> dict[str, bytes]:
     """The bundle's files, read once and checked against the bundle's manifest and the run's."""
-    from fmnist.runs import BUNDLE_MANIFEST, entry_mismatch, file_entry, manifest_files, verify_bundle
+    from fmnist.runs import read_verified_bundle
 
-    folder = run_dir / BUNDLE
-    if not folder.is_dir():
+    if not (run_dir / BUNDLE).is_dir():
         raise MapError(f"{run_dir} has no feature map: run `python -m fmnist.featuremap --run {run_dir}`")
-    state = verify_bundle(folder)
-    if state != "ok":
-        raise MapError(f"refusing the feature map of {run_dir}: {state}")
     try:
-        bundle_files = manifest_files(folder, BUNDLE_MANIFEST)
-        run_files = manifest_files(run_dir)
-    except (OSError, ValueError) as exc:
-        raise MapError(f"refusing the feature map of {run_dir}: unreadable manifest ({exc})".splitlines()[0]) from exc
-    out = {}
-    for name in (MAP_FILE, INFO_FILE):
-        data = (folder / name).read_bytes() if (folder / name).is_file() else None
-        if data is None or name not in bundle_files:
-            raise MapError(f"refusing the feature map of {run_dir}: {BUNDLE}/{name} is missing")
-        # the bytes parsed are the bytes checked, against both manifests
-        for expected in (bundle_files[name], run_files.get(f"{BUNDLE}/{name}", {})):
-            if entry_mismatch(expected, file_entry(data)):
-                raise MapError(f"refusing the feature map of {run_dir}: {BUNDLE}/{name} does not match the "
-                               "manifest (modified after it was written)")
-        out[name] = data
-    return out
+        return read_verified_bundle(run_dir, BUNDLE, (MAP_FILE, INFO_FILE))
+    except ValueError as exc:
+        raise MapError(f"refusing the feature map of {run_dir}: {exc}") from exc
 
 
 def load(run_dir: str | Path) -> FeatureMap | None:

@@ -455,6 +455,32 @@ def verify_bundle(folder: Path) -> str:
     return "ok"
 
 
+
+def read_verified_bundle(run_dir: Path, bundle: str, names: tuple[str, ...]) -> dict[str, bytes]:
+    """The named files of a run's bundle folder, read once and checked against the bundle's manifest
+    and the run's: the bytes a caller parses are the bytes checked (a file swapped after
+    verify_bundle is still caught). ValueError with the one-line reason otherwise."""
+    folder = Path(run_dir) / bundle
+    state = verify_bundle(folder)
+    if state != "ok":
+        raise ValueError(state)
+    try:
+        bundle_files = manifest_files(folder, BUNDLE_MANIFEST)
+        run_files = manifest_files(run_dir)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"unreadable manifest ({exc})".splitlines()[0]) from exc
+    out = {}
+    for name in names:
+        data = (folder / name).read_bytes() if (folder / name).is_file() else None
+        if data is None or name not in bundle_files:
+            raise ValueError(f"{bundle}/{name} is missing")
+        for expected in (bundle_files[name], run_files.get(f"{bundle}/{name}", {})):
+            if entry_mismatch(expected, file_entry(data)):
+                raise ValueError(f"{bundle}/{name} does not match the manifest (modified after it was written)")
+        out[name] = data
+    return out
+
+
 @contextmanager
 def _run_lock(run_dir: Path, shared: bool = False):
     """Advisory lock on a run: exclusive while a bundle is swapped, so that two processes exporting

@@ -139,34 +139,15 @@ def has_trust(run_dir: str | Path) -> bool:
 
 
 def _verified_bytes(run_dir: Path) -> dict[str, bytes]:
-    """The bundle's two files, read once and checked against the bundle manifest and the run's."""
-    from fmnist.runs import BUNDLE_MANIFEST, entry_mismatch, file_entry, manifest_files, verify_bundle
+    """The bundle's files, read once and checked against the bundle's manifest and the run's."""
+    from fmnist.runs import read_verified_bundle
 
-    folder = run_dir / BUNDLE
-    if not folder.is_dir():
+    if not (run_dir / BUNDLE).is_dir():
         raise TrustError(f"{run_dir} has no trust artifacts: run `python -m fmnist.trust --run {run_dir}`")
-    state = verify_bundle(folder)
-    if state != "ok":
-        raise TrustError(f"refusing the trust artifacts of {run_dir}: {state}")
     try:
-        bundle_files = manifest_files(folder, BUNDLE_MANIFEST)
-        run_files = manifest_files(run_dir)
-    except (OSError, ValueError) as exc:
-        raise TrustError(f"refusing the trust artifacts of {run_dir}: unreadable manifest ({exc})") from exc
-    out = {}
-    for name in (INFO_FILE, REFERENCE_FILE):
-        data = (folder / name).read_bytes() if (folder / name).is_file() else None
-        expected = bundle_files.get(name)
-        if data is None or expected is None:
-            raise TrustError(f"refusing the trust artifacts of {run_dir}: {BUNDLE}/{name} is missing")
-        # the bytes parsed are the bytes checked (a file swapped after verify_bundle is still caught),
-        # and the run's manifest must agree with the bundle's
-        for manifest in (expected, run_files.get(f"{BUNDLE}/{name}", {})):
-            if entry_mismatch(manifest, file_entry(data)):
-                raise TrustError(f"refusing the trust artifacts of {run_dir}: {BUNDLE}/{name} does not "
-                                 "match the manifest (modified after it was written)")
-        out[name] = data
-    return out
+        return read_verified_bundle(run_dir, BUNDLE, (INFO_FILE, REFERENCE_FILE))
+    except ValueError as exc:
+        raise TrustError(f"refusing the trust artifacts of {run_dir}: {exc}") from exc
 
 
 def load(run_dir: str | Path) -> Trust:
