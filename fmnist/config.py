@@ -121,7 +121,7 @@ class TrainConfig:
 # Presets are plain values; see README "Training recipes" for how each was measured.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(arch="paper", epochs=15, batch_size=150, optimizer="adam", learning_rate=1e-3),
-    "fast": dict(arch="modern", widths=[16, 32, 64, 128], epochs=3, batch_size=256, optimizer="adamw",
+    "fast": dict(arch="modern", widths=[16, 32, 64, 128], epochs=5, batch_size=256, optimizer="adamw",
                  learning_rate=5e-3, schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1),
     "best": dict(arch="modern", widths=[24, 48, 96, 192], epochs=18, batch_size=256, optimizer="adamw",
                  learning_rate=4e-3, schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1,

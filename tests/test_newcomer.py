@@ -108,8 +108,8 @@ def test_a_changed_preset_gets_its_own_name():
 
     fast = {**PRESETS["fast"], "preset": "fast"}
     assert config_label(fast) == "fast"
-    assert config_label({**fast, "epochs": 5}) == "fast (custom: epochs 5)"
-    assert config_label({**fast, "epochs": 5, "limit": 5000}) == "fast (custom: epochs 5, training set 5,000)"
+    assert config_label({**fast, "epochs": 7}) == "fast (custom: epochs 7)"
+    assert config_label({**fast, "epochs": 7, "limit": 5000}) == "fast (custom: epochs 7, training set 5,000)"
     assert config_label({"arch": "modern", "epochs": 5}) == "custom modern"
 
 
@@ -204,8 +204,8 @@ def test_train_texts_come_from_the_presets(app):
     assert f"{PRESETS['fast']['epochs']} epochs, good accuracy in minutes" in out
     epochs = PRESETS["fast"]["epochs"]
     assert f"climbs over the first {0.25 * epochs:g} epochs (automatic for one-cycle" in out
-    app.number_input(key="train_fast_epochs").set_value(5).run()
-    assert "labelled **fast (custom: epochs 5)**" in texts(app)
+    app.number_input(key="train_fast_epochs").set_value(7).run()
+    assert "labelled **fast (custom: epochs 7)**" in texts(app)
 
 
 def test_train_form_mirrors_the_job_after_a_page_switch_and_its_run_becomes_current(app, needs_data):
