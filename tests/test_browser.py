@@ -430,7 +430,7 @@ def test_upload_draw_and_sessions_during_training_with_stop(server, browser):
         for k in range(1, 11):
             drawer.mouse.move(box["x"] + x0 + (x1 - x0) * k / 10, box["y"] + y0 + (y1 - y0) * k / 10)
         drawer.mouse.up()
-    drawer.locator(".st-key-bars_draw").wait_for(timeout=30_000)
+    drawer.locator(".st-key-bars_draw").first.wait_for(timeout=30_000)  # a rerun may keep a stale copy
     # each stroke sends the canvas; the answer to the whole drawing comes with the last one
     drawer.wait_for_function("""() => { const h = document.querySelectorAll('[data-testid="stMain"] h3');
                                         return h.length && h[h.length - 1].innerText === 'Trouser'; }""",

@@ -128,7 +128,7 @@ def test_classify_explains_uploads_and_a_drawing_then_look_inside(server, browse
             page.mouse.move(box["x"] + x0 + (x1 - x0) * k / 10, box["y"] + y0 + (y1 - y0) * k / 10)
         page.mouse.up()
     t0 = time.monotonic()
-    page.locator(".st-key-bars_draw").wait_for(timeout=60_000)
+    page.locator(".st-key-bars_draw").first.wait_for(timeout=60_000)  # a rerun may keep a stale copy
     # each stroke sends the canvas; the whole drawing's explanation comes with the last one
     page.wait_for_function(f"""() => [...document.querySelectorAll('[data-testid="stAlertContentWarning"]')]
                                      .filter(e => e.innerText.includes({UNFAMILIAR!r})).length >= 2""",
