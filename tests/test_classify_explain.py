@@ -26,6 +26,16 @@ from fmnist import explanations as xp
 from tests.test_app import FakeCanvasResult, app, goto, needs_data, runs_dir, texts  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_keras_worker_left():
+    """The Keras worker the pages start for this process ends with this module (later tests count
+    this process's children)."""
+    yield
+    from fmnist.keras_process import stop_worker
+
+    stop_worker()
 UNFAMILIAR = "This does not look like any of the ten Fashion-MNIST items"
 
 # ---------------------------------------------------------------- pictures (plain numpy)

@@ -145,6 +145,9 @@ def test_child_process_train_classify_cycles_kill_and_memory(data, tmp_path):
     server's memory stays flat over repeated train-then-classify cycles."""
     from fmnist.backends import get_backend
 
+    from fmnist.keras_process import stop_worker
+
+    stop_worker()  # a Keras worker an earlier test's page started is no training child: not counted below
     manager = JobManager(use_process=True, poll_s=0.05, export=False)
     try:
         # kill: the child ends at once and its staging folder is removed
