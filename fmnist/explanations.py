@@ -48,17 +48,25 @@ class Explanation:
         return float(self.probabilities[self.label])
 
 
+def trust_note(run_dir: str | Path, refused: str | None = None) -> str:
+    """The plain sentence shown instead of calibration and the familiarity check: the run has no
+    trust bundle, or (`refused`: the one-line reason) its bundle was refused."""
+    if refused:
+        return f"Not calibrated, and no familiarity check: {refused}"
+    return NO_TRUST.format(run=run_dir)
+
+
 def load_trust(run_dir: str | Path):
     """(the run's verified trust.Trust, None), or (None, a plain sentence why there is none): a run
     without the bundle, or one whose bundle is refused (tampered, malformed)."""
     from fmnist import trust
 
     if not trust.has_trust(run_dir):
-        return None, NO_TRUST.format(run=run_dir)
+        return None, trust_note(run_dir)
     try:
         return trust.load(run_dir), None
     except trust.TrustError as exc:
-        return None, f"Not calibrated, and no familiarity check: {exc}"
+        return None, trust_note(run_dir, str(exc))
 
 
 def backend_features(backend, images: np.ndarray) -> dict[str, np.ndarray]:

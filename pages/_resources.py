@@ -68,7 +68,7 @@ def usable_runs() -> list:
     return [r for r in all_runs() if r.usable]
 
 
-def _manifest_stamp(run_dir: Path) -> tuple:
+def manifest_stamp(run_dir: Path) -> tuple:
     try:
         return ((Path(run_dir) / fruns.MANIFEST).stat().st_mtime_ns,)
     except OSError:
@@ -131,7 +131,7 @@ def run_files(run_dir: str, stamp: tuple) -> dict:
 
 
 def load_run_files(run_dir: Path) -> dict:
-    return run_files(str(run_dir), _manifest_stamp(run_dir))
+    return run_files(str(run_dir), manifest_stamp(run_dir))
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the run's trust artifacts...")
@@ -148,7 +148,7 @@ def run_trust(run_dir: Path):
     from fmnist.trust import TrustError
 
     try:
-        return _trust_cached(str(run_dir), _manifest_stamp(run_dir)), None
+        return _trust_cached(str(run_dir), manifest_stamp(run_dir)), None
     except TrustError as exc:
         return None, str(exc)
 
@@ -167,6 +167,6 @@ def feature_map(run_dir: Path):
     from fmnist.featuremap import MapError
 
     try:
-        return _feature_map_cached(str(run_dir), _manifest_stamp(run_dir)), None
+        return _feature_map_cached(str(run_dir), manifest_stamp(run_dir)), None
     except MapError as exc:
         return None, str(exc)

@@ -34,23 +34,13 @@ def predict(model, image28: np.ndarray) -> tuple[np.ndarray, float]:
     return probs, (time.perf_counter() - t0) * 1000
 
 
-@st.cache_resource(max_entries=8, show_spinner=False)
-def _trust_cached(run_dir: str, stamp: tuple):
-    from fmnist.explanations import load_trust
-
-    return load_trust(run_dir)
-
-
-def run_stamp(run) -> tuple:
-    try:
-        return ((run.path / "manifest.json").stat().st_mtime_ns,)
-    except OSError:
-        return (0,)
-
-
 def run_trust(run):
-    """(the run's verified trust artifacts, None) or (None, why not): loaded once per run version."""
-    return _trust_cached(str(run.path), run_stamp(run))
+    """(the run's verified trust artifacts, None) or (None, the sentence shown instead), from the
+    server's shared cache (pages/_resources.py)."""
+    from fmnist.explanations import trust_note
+
+    trust, refused = _resources.run_trust(run.path)
+    return (trust, None) if trust is not None else (None, trust_note(run.path, refused))
 
 
 @st.cache_resource(show_spinner=False)
@@ -66,7 +56,7 @@ def explained(model, run, image: np.ndarray):
     trust, note = run_trust(run)
     fmap, _ = _resources.feature_map(run.path)  # a refused map: no placement (Results says why)
     digest = hashlib.sha1(np.ascontiguousarray(image, dtype=np.float32).tobytes()).hexdigest()
-    key = (digest, str(run.path), run_stamp(run), model.name, bool(getattr(model, "tta_flip", False)))
+    key = (digest, str(run.path), _resources.manifest_stamp(run.path), model.name, bool(getattr(model, "tta_flip", False)))
     cache = st.session_state.setdefault(EXPLAIN_KEY, {})
     if key not in cache:
         gradcam = model.name == "keras"

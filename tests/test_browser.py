@@ -127,6 +127,21 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+
+def draw_strokes(page, strokes) -> None:
+    """Open Classify's Draw tab and draw each ((x0, y0), (x1, y1)) stroke on the canvas, in 10 steps."""
+    page.get_by_role("tab", name="Draw").click()
+    canvas = page.locator("canvas.upper-canvas").first
+    canvas.wait_for()
+    box = canvas.bounding_box()
+    for (x0, y0), (x1, y1) in strokes:
+        page.mouse.move(box["x"] + x0, box["y"] + y0)
+        page.mouse.down()
+        for k in range(1, 11):
+            page.mouse.move(box["x"] + x0 + (x1 - x0) * k / 10, box["y"] + y0 + (y1 - y0) * k / 10)
+        page.mouse.up()
+
+
 def test_cold_start_and_every_page_renders(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server["url"])
@@ -420,16 +435,7 @@ def test_upload_draw_and_sessions_during_training_with_stop(server, browser):
 
     # a trouser silhouette drawn on the canvas (waistband, two legs) is answered Trouser
     drawer = pages[0]
-    drawer.get_by_role("tab", name="Draw").click()
-    canvas = drawer.locator("canvas.upper-canvas").first
-    canvas.wait_for()
-    box = canvas.bounding_box()
-    for (x0, y0), (x1, y1) in TROUSER_STROKES:
-        drawer.mouse.move(box["x"] + x0, box["y"] + y0)
-        drawer.mouse.down()
-        for k in range(1, 11):
-            drawer.mouse.move(box["x"] + x0 + (x1 - x0) * k / 10, box["y"] + y0 + (y1 - y0) * k / 10)
-        drawer.mouse.up()
+    draw_strokes(drawer, TROUSER_STROKES)
     drawer.locator(".st-key-bars_draw").first.wait_for(timeout=30_000)  # a rerun may keep a stale copy
     # each stroke sends the canvas; the answer to the whole drawing comes with the last one
     drawer.wait_for_function("""() => { const h = document.querySelectorAll('[data-testid="stMain"] h3');
