@@ -26,6 +26,10 @@ features take milliseconds instead of a compile (0.2-2 s) per call.
 
 `get_backend(run_dir, name)` returns a cached backend from `REGISTRY` (an explicit `BackendRegistry`
 keyed by run path, backend name and the run's manifest hash), so the app can call it freely.
+
+`remote` (not in BACKENDS; offered only when a model server is configured, $FMNIST_SERVING_URL):
+the run's FP32 IR answered by a KServe v2 model server (fmnist.remote), checked on creation
+against this run's local FP32 backend, which also answers its explanations.
 """
 
 from __future__ import annotations
@@ -42,11 +46,14 @@ from fmnist.keras_backend import KerasBackend
 from fmnist.openvino_ir import IR_FILES, OV_DIR, read_export_info
 # BackendError and as_batch are fmnist.predictor's; callers also import them from here.
 from fmnist.predictor import BackendError, Predictor, as_batch  # noqa: F401
+from fmnist.remote import NAME as REMOTE
+from fmnist.remote import RemoteBackend, check_url, serving_url
 from fmnist.runs import (BUNDLE_MANIFEST, RunError, checked_run, entry_mismatch, file_entry, manifest_digest,
                          manifest_files, read_json)
 
 BACKENDS = ("keras", "openvino-fp32", "openvino-int8")
 OPTIONAL_BACKENDS = ("openvino-bf16",)  # where the CPU supports bf16; not offered by default
+# REMOTE ("remote"): a model server's answers; offered only when $FMNIST_SERVING_URL names one
 SMALL_BATCH = 16  # up to this many images: the latency path; more: the throughput path
 CHUNK = 64  # images per asynchronous request on the throughput path (measured best on 2 cores)
 try:
@@ -325,6 +332,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _create(run_dir: Path, name: str):
+    if name.startswith(REMOTE + "@"):  # "remote@URL": one entry per server
+        try:
+            local = REGISTRY.get(run_dir, "openvino-fp32")
+        except BackendError as exc:
+            raise BackendError(f"the remote backend checks the server's answers and explains them with the "
+                               f"run's local OpenVINO FP32 model: {exc}") from None
+        return RemoteBackend(run_dir, name.split("@", 1)[1], local=local)
     if name == "keras-process":
         from fmnist.keras_process import KerasProcessBackend
 
@@ -431,17 +445,26 @@ def run_uses_tta(run_dir: str | Path) -> bool:
 
 
 def get_backend(run_dir: str | Path, name: str = "keras", cache: bool = True, tta: bool | None = None,
-                isolated: bool = False) -> Predictor:
-    """A predictor for a run by backend name (BACKENDS, or openvino-bf16 where the CPU supports it).
+                isolated: bool = False, url: str | None = None) -> Predictor:
+    """A predictor for a run by backend name (BACKENDS, openvino-bf16 where the CPU supports it, or
+    "remote" when a model server is configured).
 
     tta: average with mirror images (None: as the run's config says; benchmarks pass False to time
     the model itself). isolated: Keras runs in a worker process (fmnist.keras_process), so this
-    process never imports TensorFlow (the web app). Raises BackendError with a one-line reason
-    (unknown name, no export, tampered or truncated file).
+    process never imports TensorFlow (the web app). url: the model server of "remote" (default:
+    $FMNIST_SERVING_URL). Raises BackendError with a one-line reason (unknown name, no export,
+    tampered or truncated file, no model server configured, server down or serving another model).
     """
-    if name not in BACKENDS + OPTIONAL_BACKENDS:
+    if name == REMOTE:
+        url = url or serving_url()
+        if not url:
+            raise BackendError("the remote backend needs a model server: set FMNIST_SERVING_URL (e.g. "
+                               "http://127.0.0.1:8080) or pass --serving-url; start one with `python -m fmnist serve`")
+        key = f"{REMOTE}@{check_url(url)}"
+    elif name not in BACKENDS + OPTIONAL_BACKENDS:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    key = "keras-process" if isolated and name == "keras" else name
+    else:
+        key = "keras-process" if isolated and name == "keras" else name
     backend = REGISTRY.get(run_dir, key) if cache else _create(Path(run_dir), key)
     if tta is None:
         tta = run_uses_tta(run_dir)
@@ -461,4 +484,6 @@ def backend_status(run_dir: str | Path) -> dict[str, str]:
     status["openvino-int8"] = "" if info and info.get("int8") else hint
     if openvino_ir.supports_bf16():
         status["openvino-bf16"] = status["openvino-fp32"]
+    if serving_url():  # whether the server is up is known only by asking it (get_backend does)
+        status[REMOTE] = status["openvino-fp32"]
     return status
