@@ -20,12 +20,19 @@ read from any thread. Nothing here imports Streamlit; the app passes a session-l
     job = manager.submit(config, session_id="abc", runs_root="runs")
     job.snapshot()["status"]   # queued | starting | running | completed | stopped | failed | cancelled
     job.stop()                 # honoured within a batch; the best weights are kept and saved
+
+A sweep (`submit_sweep`: Optuna trials of the project's training, `fmnist.sweep.run_sweep`) is a
+job of kind "sweep" in the same queue: it waits its turn, is watched, stopped and orphaned the same
+way, and its snapshot carries the sweep's own state under "sweep" (study, trials finished so far,
+the trial in flight, the best value); `sweep_progress(snapshot)` gives its progress and ETA.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
+import re
 import shutil
 import threading
 import time
@@ -41,42 +48,114 @@ MAX_BATCH_POINTS = 1500  # per-batch points kept for live charts (older points a
 ORPHAN_GRACE_S = 600.0  # a job nobody has watched for this long may be stopped (see the module doc)
 STATUS_COMPILING = "compiling the model (the first batch takes a few seconds)"
 KEEP_FINISHED = 50  # finished jobs kept for pages to find again; older ones are forgotten
+SWEEP_TRIALS = (1, 50)  # trials one app sweep may ask for (a sweep job holds the queue until it ends)
+SWEEP_EVENTS = ("sweep_started", "trial_started", "trial_epoch", "trial_finished", "sweep_finished", "status")
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def _train_main(link: Link, config_dict: dict, runs_root: str | None, data_dir: str | None, run_name: str,
-                dataset, export: bool = True, own_process: bool = True) -> None:
-    """What a training child runs (fmnist.child relays its events; an exception becomes a `failed` event).
+def _child_setup(link: Link, own_process: bool) -> None:
+    """Prepare a training child: a lower CPU priority and TensorFlow imported quietly.
 
     A child process runs at a lower CPU priority (FMNIST_TRAIN_NICE, default 5) so that sessions that
     classify meanwhile are answered first (on 2 cores, at nice 0 answers took 2.3-4 s instead of
     under 2 s); the price is some training speed while pages refresh (see docs/app.md)."""
+    if not own_process:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        os.nice(int(os.environ.get("FMNIST_TRAIN_NICE", "5")))
+    except (OSError, ValueError, AttributeError):
+        pass
+    from fmnist.training import import_tensorflow_quietly
+
+    link.emit({"kind": "status", "message": "loading TensorFlow"})
+    # TensorFlow's C++ start-up notices (oneDNN, "failed call to cuInit") went to the server's
+    # terminal on every training; they are noise there, so they are silenced at the import
+    import_tensorflow_quietly()
+
+
+def _train_main(link: Link, config_dict: dict, runs_root: str | None, data_dir: str | None, run_name: str,
+                dataset, export: bool = True, own_process: bool = True) -> None:
+    """What a training child runs (fmnist.child relays its events; an exception becomes a `failed` event)."""
     from fmnist.config import TrainConfig
 
-    if own_process:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        try:
-            os.nice(int(os.environ.get("FMNIST_TRAIN_NICE", "5")))
-        except (OSError, ValueError, AttributeError):
-            pass
     config = TrainConfig.from_dict(config_dict)
-    from fmnist.training import import_tensorflow_quietly, train
+    _child_setup(link, own_process)
+    from fmnist.training import train
 
-    if own_process:
-        link.emit({"kind": "status", "message": "loading TensorFlow"})
-        # TensorFlow's C++ start-up notices (oneDNN, "failed call to cuInit") went to the server's
-        # terminal on every training; they are noise there, so they are silenced at the import
-        import_tensorflow_quietly()
     train(config, dataset, data_dir=data_dir, listeners=[link.emit], stop_event=link.stop, runs_root=runs_root,
           run_name=run_name, export=export)
 
 
+def _sweep_main(link: Link, params: dict, runs_root: str | None, data_dir: str | None, dataset,
+                own_process: bool = True) -> None:
+    """What a sweep child runs: `fmnist.sweep.run_sweep` with its events relayed.
+
+    The trials' own training events are passed on only as "trial_batch" (progress within a trial):
+    a trial's "finished" or "failed" is not the sweep's, which ends with "sweep_finished" (or the
+    child's own "failed" when run_sweep raises)."""
+    _child_setup(link, own_process)
+    from fmnist.sweep import run_sweep
+
+    def relay(event: dict) -> None:
+        kind = event.get("kind")
+        if kind in SWEEP_EVENTS:
+            link.emit(event)
+        elif kind == "batch":
+            link.emit({"kind": "trial_batch", **{k: event.get(k) for k in (
+                "epoch", "step", "global_step", "total_steps", "eta_s", "images_per_s")}})
+
+    run_sweep(params["trials"], study=params.get("study"), storage=params.get("storage"),
+              preset=params.get("preset"), epochs=params.get("epochs"), limit=params.get("limit"),
+              runs_root=runs_root, data_dir=data_dir, dataset=dataset, listeners=[relay], stop_event=link.stop)
+
+
+def sweep_params(trials: int, preset: str | None = "fast", epochs: int | None = None, limit: int | None = None,
+                 study: str | None = None, storage: str | None = None) -> dict:
+    """A sweep's settings as plain values, checked: ValueError with one specific line otherwise."""
+    from fmnist.config import PRESETS, preset_config
+
+    low, high = SWEEP_TRIALS
+    if isinstance(trials, bool) or not isinstance(trials, int) or not low <= trials <= high:
+        raise ValueError(f"trials must be a whole number between {low} and {high}, got {trials!r}")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    study = (study or "").strip() or None
+    if study is not None and not STUDY_NAME.match(study):
+        raise ValueError(f"study names are 1-64 letters, digits, '.', '_' or '-' (starting with a letter or "
+                         f"digit), got {study!r}")
+    preset_config(preset, epochs=epochs, limit=limit).validate()  # the bounds' own messages
+    return {"trials": trials, "preset": preset, "epochs": epochs, "limit": limit, "study": study,
+            "storage": (storage or None) and str(storage)}
+
+
+def sweep_progress(snap: dict, now: float | None = None) -> dict:
+    """Trials done out of the total, the fraction including the trial in flight, the ETA in seconds
+    (None until something has finished), and the best value so far, from a sweep job's snapshot."""
+    sweep = snap.get("sweep") or {}
+    total = max(int(sweep.get("trials") or 0), 1)
+    done = len(sweep.get("finished", []))
+    last = snap.get("last_batch") or {}
+    within = 0.0
+    if sweep.get("current") is not None and last.get("total_steps"):
+        within = min(last.get("global_step", 0) / max(last["total_steps"], 1), 1.0)
+    fraction = min((done + within) / total, 1.0)
+    began = sweep.get("began") or snap.get("started")
+    now = time.time() if now is None else now
+    eta = None
+    if began and 0 < fraction < 1 and snap.get("status") in ACTIVE:
+        eta = (now - began) / fraction * (1 - fraction)
+    return {"done": done, "total": total, "fraction": fraction, "eta_s": eta, "best_value": sweep.get("best_value"),
+            "current": sweep.get("current")}
+
+
 @dataclass
 class Job:
-    """One training request. Its state changes only through the methods below, under its own lock."""
+    """One training (or sweep) request. Its state changes only through the methods below, under its own lock."""
 
     id: str
     session_id: str
-    config: dict
+    config: dict  # a training's TrainConfig as a dict; a sweep's settings (sweep_params)
     runs_root: str | None
     data_dir: str | None
     run_name: str
@@ -97,6 +176,8 @@ class Job:
     stop_requested: bool = False
     stop_requested_at: float | None = None
     sessions: set = field(default_factory=set)  # every session attached (starter, reloads, tabs)
+    kind: str = "train"  # or "sweep"
+    sweep: dict = field(default_factory=dict)  # a sweep's state: study, trials, finished, current, best
     session_gone_since: float | None = None
     _stride: int = 1
     _seen_batches: int = 0
@@ -120,7 +201,7 @@ class Job:
                 "batches": list(self.batches), "last_batch": dict(self.last_batch),
                 "created": self.created, "started": self.started, "ended": self.ended,
                 "stop_requested": self.stop_requested, "stop_requested_at": self.stop_requested_at,
-                "sessions": sorted(self.sessions),
+                "sessions": sorted(self.sessions), "kind": self.kind, "sweep": copy.deepcopy(self.sweep),
             }
         snap["queue_position"] = self._manager.queue_position(self.id) if self._manager else 0
         snap["active"] = snap["status"] in ACTIVE
@@ -128,10 +209,13 @@ class Job:
 
     # -- called by the manager ---------------------------------------------------------------
     def apply(self, event: dict) -> None:
-        """Record one training event (the dicts `fmnist.training.train` sends its listeners)."""
+        """Record one training event (the dicts `fmnist.training.train` sends its listeners), or one
+        sweep event (`fmnist.sweep.run_sweep`'s, relayed by the sweep child) for a sweep job."""
         kind = event.get("kind")
         with self._lock:
-            if kind == "batch":
+            if self.kind == "sweep" and kind != "failed":
+                self._apply_sweep(kind, event)
+            elif kind == "batch":
                 self.status = "running"
                 self.last_batch = event
                 self._seen_batches += 1
@@ -154,6 +238,49 @@ class Job:
                 self.run_dir = event.get("run_dir")
                 self.test_accuracy = event.get("test_accuracy")
                 self.ended = time.time()
+
+    def _apply_sweep(self, kind: str, event: dict) -> None:
+        """A sweep event (under the job's lock): the trial table, the trial in flight, the outcome."""
+        sweep = self.sweep
+        if kind == "sweep_started":
+            self.status = "running"
+            sweep.update(study=event.get("study"), storage=event.get("storage"),
+                         trials=event.get("trials", sweep.get("trials")), began=time.time())
+            self.status_message = "starting the first trial"
+        elif kind == "trial_started":
+            self.status = "running"
+            sweep["current"] = {"number": event.get("number"), "params": dict(event.get("params") or {}),
+                                "epochs": []}
+            self.last_batch = {}
+            self.status_message = f"trial {event.get('number')}: training"
+        elif kind == "trial_batch":
+            self.last_batch = event
+        elif kind == "trial_epoch" and sweep.get("current") is not None:
+            sweep["current"]["epochs"].append({"epoch": event.get("epoch"), "val_accuracy": event.get("val_accuracy")})
+        elif kind == "trial_finished":
+            row = {k: event.get(k) for k in ("number", "state", "value", "run_dir", "seconds")}
+            sweep.setdefault("finished", []).append(row)
+            value = row["value"]
+            if row["state"] == "COMPLETE" and isinstance(value, (int, float)) and (
+                    sweep.get("best_value") is None or value > sweep["best_value"]):
+                sweep["best_value"], sweep["best_run"] = float(value), row["run_dir"]
+            sweep["current"] = None
+            self.last_batch = {}
+            self.status_message = f"trial {row['number']} {str(row['state']).lower()}"
+        elif kind == "sweep_finished":
+            stopped = bool(event.get("stopped"))
+            self.status = "stopped" if stopped else "completed"
+            sweep.update({k: event.get(k) for k in ("completed", "pruned", "failed")})
+            if event.get("best_value") is not None:
+                sweep["best_value"] = float(event["best_value"])
+            sweep["best_run"] = event.get("best_run") or sweep.get("best_run")
+            sweep["current"] = None
+            self.run_dir = sweep["best_run"]
+            self.message = (f"{event.get('completed', 0)} completed, {event.get('pruned', 0)} pruned, "
+                            f"{event.get('failed', 0)} failed" + (" (stopped)" if stopped else ""))
+            self.ended = time.time()
+        elif kind == "status":
+            self.status_message = str(event.get("message", ""))
 
     def watch(self, session_id: str, owner: bool = False) -> None:
         """Add a watching session (owner: it becomes the job's session too)."""
@@ -199,9 +326,12 @@ class Job:
         """The child has gone: a job still active ended without its final event (killed or crashed)."""
         with self._lock:
             if self.status in ACTIVE:
+                what = "sweep" if self.kind == "sweep" else "training"
                 self.status = "stopped" if killed else "failed"
-                self.message = ("training was ended without saving (its session closed)" if killed else
-                                f"the training process ended unexpectedly (exit code {exitcode})")
+                self.message = (f"{what} was ended without saving (its session closed)" if killed else
+                                f"the {what} process ended unexpectedly (exit code {exitcode})")
+                if self.kind == "sweep":
+                    self.sweep["current"] = None
                 self.ended = time.time()
             self.dataset = None
 
@@ -256,6 +386,9 @@ class JobManager:
                   data_dir=str(data_dir) if data_dir else None, run_name=new_run_name(config.params_key),
                   dataset=dataset, export=self.export if export is None else bool(export), sessions={session_id},
                   _manager=self)
+        return self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> Job:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the job manager is shut down")
@@ -263,6 +396,20 @@ class JobManager:
             self._order.append(job.id)
         self._wake.set()
         return job
+
+    def submit_sweep(self, session_id: str, trials: int, preset: str | None = "fast", epochs: int | None = None,
+                     limit: int | None = None, study: str | None = None, storage: str | None = None,
+                     runs_root: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+                     dataset=None) -> Job:
+        """Queue an Optuna sweep (`fmnist.sweep.run_sweep` in a child), checked here so bad input
+        fails early with one line (ValueError). It waits its turn like a training."""
+        params = sweep_params(trials, preset, epochs, limit, study, storage)
+        job = Job(id=f"sweep{next(self._counter)}-{uuid.uuid4().hex[:8]}", session_id=session_id, config=params,
+                  runs_root=str(runs_root) if runs_root else None, data_dir=str(data_dir) if data_dir else None,
+                  run_name="", dataset=dataset, sessions={session_id}, kind="sweep",
+                  sweep={"study": params["study"], "storage": params["storage"], "trials": trials, "finished": [],
+                         "current": None, "best_value": None, "best_run": None}, _manager=self)
+        return self._enqueue(job)
 
     def get(self, job_id: str | None) -> Job | None:
         with self._lock:
@@ -406,8 +553,14 @@ class JobManager:
             if nxt is None:
                 return
             nxt.begin()
-            args = (nxt.config, nxt.runs_root, nxt.data_dir, nxt.run_name, nxt.dataset, nxt.export, self.use_process)
-            child = Child(_train_main, args, name=f"fmnist-train-{nxt.id}", in_thread=not self.use_process,
+            if nxt.kind == "sweep":
+                target = _sweep_main
+                args = (nxt.config, nxt.runs_root, nxt.data_dir, nxt.dataset, self.use_process)
+            else:
+                target = _train_main
+                args = (nxt.config, nxt.runs_root, nxt.data_dir, nxt.run_name, nxt.dataset, nxt.export,
+                        self.use_process)
+            child = Child(target, args, name=f"fmnist-{nxt.kind}-{nxt.id}", in_thread=not self.use_process,
                           stop_requested=nxt.stop_requested)
             self._children[nxt.id] = (nxt, child)
 
@@ -424,10 +577,11 @@ class JobManager:
                 job.apply(event)
         code = child.close(grace_s=10 if child.ended else 0)
         job.end(child.killed, code)
-        if job.status != "completed" or child.killed:
-            _remove_staging(job)
         with self._lock:
             self._children.pop(job.id, None)
+            alone = not self._children
+        if job.status != "completed" or child.killed:
+            _remove_staging(job, alone)
         self._wake.set()
 
     def _check_sessions(self) -> None:
@@ -449,13 +603,27 @@ class JobManager:
                     self.kill(job.id)
 
 
-def _remove_staging(job: Job) -> None:
-    """Delete the hidden staging folder a killed training may leave behind."""
+def _remove_staging(job: Job, alone: bool) -> None:
+    """Delete the hidden staging folder a killed training may leave behind. A sweep's trials name
+    their own runs, so for a sweep: the staging folders made since it started, and only when no
+    other job is running (`alone`), whose folder it could be."""
     from fmnist.runs import STAGING_PREFIX, runs_root
 
     root = runs_root(job.runs_root)
-    if root.is_dir():
+    if not root.is_dir():
+        return
+    if job.kind != "sweep":
         for path in root.glob(f"{STAGING_PREFIX}{job.run_name}-*"):
+            shutil.rmtree(path, ignore_errors=True)
+        return
+    if not alone or job.started is None:
+        return
+    for path in root.glob(f"{STAGING_PREFIX}*"):
+        try:
+            made = path.stat().st_mtime
+        except OSError:
+            continue
+        if made >= job.started - 1:
             shutil.rmtree(path, ignore_errors=True)
 
 
