@@ -145,10 +145,11 @@ def cmd_evaluate(args) -> int:
     from fmnist.runs import load_metrics, load_test_probs
 
     run = _run_or_error(args.run, args.runs_dir)
-    if args.backend and args.backend != "stored":
-        probs = _backend_probs(run, args.backend, args.data_dir)
+    backend_name = args.backend or ("remote" if args.serving_url else "stored")
+    if backend_name != "stored":
+        probs = _backend_probs(run, backend_name, args.data_dir, args.serving_url)
         metrics = evaluate_probabilities(probs, fdata.load_fashion_mnist(args.data_dir).y_test)
-        metrics["backend"] = args.backend
+        metrics["backend"] = backend_name
     else:
         metrics = load_metrics(run)
         metrics["backend"] = "stored"
@@ -187,12 +188,12 @@ def _calibration(run: Path, probs, data_dir=None) -> dict:
         raise CLIError(str(exc))
 
 
-def _backend_probs(run: Path, backend: str, data_dir=None):
+def _backend_probs(run: Path, backend: str, data_dir=None, url: str | None = None):
     from fmnist.backends import BackendError, get_backend
 
     try:
         dataset = fdata.load_fashion_mnist(data_dir)
-        return get_backend(run, backend).predict_proba(dataset.x_test)
+        return get_backend(run, backend, url=url).predict_proba(dataset.x_test)
     except (BackendError, fdata.DataError) as exc:
         raise CLIError(str(exc))
 
@@ -252,7 +253,8 @@ def model_line(run: Path, backend: str) -> str:
     """Which model and backend answered, in the app's words."""
     from fmnist.runs import checked_run
 
-    labels = {"keras": "Keras (TensorFlow)", "openvino-fp32": "OpenVINO FP32", "openvino-int8": "OpenVINO INT8"}
+    labels = {"keras": "Keras (TensorFlow)", "openvino-fp32": "OpenVINO FP32", "openvino-int8": "OpenVINO INT8",
+              "remote": "remote (KServe v2 model server)"}
     return f"model {checked_run(run).label()} · backend {labels.get(backend, backend)}"
 
 
@@ -260,7 +262,7 @@ def cmd_predict(args) -> int:
     from fmnist.data import CLASS_NAMES
 
     run = _run_or_error(args.run, args.runs_dir)
-    backend_name = args.backend or default_backend(run)
+    backend_name = args.backend or ("remote" if args.serving_url else default_backend(run))
     prepared, failures = prepare_images(args.images)
     results = []
     if prepared:
@@ -268,7 +270,7 @@ def cmd_predict(args) -> int:
 
         from fmnist.trust import TrustError, answer_fields
 
-        backend = _backend_or_error(run, backend_name)
+        backend = _backend_or_error(run, backend_name, args.serving_url)
         images = np.stack([p.input for _, p in prepared])
         probs = backend.predict_proba(images)
         try:
@@ -314,11 +316,11 @@ def prepare_images(paths: list[str]) -> tuple[list, list]:
     return prepared, failures
 
 
-def _backend_or_error(run: Path, name: str):
+def _backend_or_error(run: Path, name: str, url: str | None = None):
     from fmnist.backends import BackendError, get_backend
 
     try:
-        return get_backend(run, name)
+        return get_backend(run, name, url=url)
     except BackendError as exc:
         raise CLIError(str(exc))
 
@@ -333,11 +335,11 @@ def cmd_explain(args) -> int:
     if not 1 <= args.neighbours <= 50:
         raise CLIError(f"--neighbours must be between 1 and 50, got {args.neighbours}")
     run = _run_or_error(args.run, args.runs_dir)
-    backend_name = args.backend or default_backend(run)
+    backend_name = args.backend or ("remote" if args.serving_url else default_backend(run))
     prepared, failures = prepare_images(args.images)
     results = []
     if prepared:
-        backend = _backend_or_error(run, backend_name)
+        backend = _backend_or_error(run, backend_name, args.serving_url)
         try:
             found = explain_images(run, backend, np.stack([p.input for _, p in prepared]), args.neighbours)
         except TrustError as exc:
@@ -366,8 +368,11 @@ def cmd_explain(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fmnist.backends import BACKENDS
+    from fmnist.backends import BACKENDS, REMOTE
 
+    served = BACKENDS + (REMOTE,)
+    url_help = ("the model server of --backend remote, e.g. http://127.0.0.1:8080 (default: $FMNIST_SERVING_URL; "
+                "given alone, it implies --backend remote); start one with `python -m fmnist serve`")
     parser = argparse.ArgumentParser(prog="python -m fmnist", description=(
         "Fashion-MNIST Studio: train CNNs on Fashion-MNIST, evaluate them, and classify images "
         "with Keras or OpenVINO."))
@@ -380,8 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="test accuracy, per-class scores, confusion matrix of a run")
     p.add_argument("run", nargs="?", help="run name or path (default: the shipped model)")
-    p.add_argument("--backend", choices=("stored",) + BACKENDS, default="stored",
-                   help="re-run the test set through a backend (default: the metrics saved with the run)")
+    p.add_argument("--backend", choices=("stored",) + served, default=None,
+                   help="re-run the test set through a backend (default: stored, the metrics saved with the run)")
+    p.add_argument("--serving-url", help=url_help)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--top-errors", type=int, default=50, help="misclassified items listed in --json")
     p.add_argument("--data-dir")
@@ -397,8 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="PNG, JPEG or WebP files; a folder stands for the images in it")
     p.add_argument("--run", help="run name or path (default: the shipped model, else the newest run)")
-    p.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="default: openvino-fp32 when the run has its OpenVINO export (no TensorFlow), else keras")
+    p.add_argument("--backend", choices=served, default=None,
+                   help="default: openvino-fp32 when the run has its OpenVINO export (no TensorFlow), else keras; "
+                        "remote: a model server (--serving-url)")
+    p.add_argument("--serving-url", help=url_help)
     p.add_argument("--json", action="store_true")
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_predict)
@@ -408,16 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="PNG, JPEG or WebP files; a folder stands for the images in it")
     p.add_argument("--run", help="run name or path (default: the shipped model, else the newest run)")
-    p.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="default: openvino-fp32 when the run has its OpenVINO export (no TensorFlow), else keras")
+    p.add_argument("--backend", choices=served, default=None,
+                   help="default: openvino-fp32 when the run has its OpenVINO export (no TensorFlow), else keras; "
+                        "remote: a model server (--serving-url)")
+    p.add_argument("--serving-url", help=url_help)
     p.add_argument("--neighbours", type=int, default=5, help="nearest training items per image (1-50)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_explain)
 
-    from fmnist import bench, export
+    from fmnist import bench, export, serving, sweep
 
-    for module in (export, bench):  # commands defined beside what they run (lower layers)
+    for module in (export, bench, sweep, serving):  # commands defined beside what they run (lower layers)
         module.add_cli(sub, CLIError)
     return parser
 
