@@ -165,6 +165,22 @@ def test_remote_needs_a_configured_valid_url(shipped_model, monkeypatch):
     assert backend_status(shipped_model)["remote"] == ""
 
 
+def test_a_server_that_never_answers_is_a_timeout_error():
+    from fmnist.remote import ServingClient
+
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        client = ServingClient(url, timeout=0.5)
+        try:
+            with pytest.raises(BackendError, match=r"did not answer .* within 0.5 s") as caught:
+                client.server_ready()
+        finally:
+            client.close()
+    assert url in str(caught.value)
+
+
 def _png(tmp_path, image) -> str:
     path = tmp_path / "item.png"
     Image.fromarray(np.asarray(image, np.uint8)).save(path)
