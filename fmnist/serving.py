@@ -363,9 +363,12 @@ class ServerProcess:
                 self.port = probe.getsockname()[1]
         self.url = f"http://{self.host}:{self.port}"
         self._log = tempfile.TemporaryFile(mode="w+")
+        package_root = str(Path(__file__).resolve().parent.parent)  # this fmnist, whatever the caller's cwd
+        path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fmnist", "serve", "--run", str(self.run_dir), "--host", self.host,
-             "--port", str(self.port)], stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+             "--port", str(self.port)], stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": path})
         name, _ = served_model(self.run_dir)
         client = ServingClient(self.url, timeout=2.0)
         deadline = time.monotonic() + self.startup_timeout
