@@ -17,6 +17,7 @@ PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/data.py", title="Data", icon=":material/grid_view:", url_path="data"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
+    st.Page("pages/sweep.py", title="Sweep", icon=":material/tune:", url_path="sweep"),
     st.Page("pages/results.py", title="Results", icon=":material/insights:", url_path="results"),
     st.Page("pages/classify.py", title="Classify", icon=":material/image_search:", url_path="classify"),
     st.Page("pages/look_inside.py", title="Look inside", icon=":material/layers:", url_path="look-inside"),

@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-import re
 import shutil
 import threading
 import time
@@ -50,7 +49,6 @@ STATUS_COMPILING = "compiling the model (the first batch takes a few seconds)"
 KEEP_FINISHED = 50  # finished jobs kept for pages to find again; older ones are forgotten
 SWEEP_TRIALS = (1, 50)  # trials one app sweep may ask for (a sweep job holds the queue until it ends)
 SWEEP_EVENTS = ("sweep_started", "trial_started", "trial_epoch", "trial_finished", "sweep_finished", "status")
-STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def _child_setup(link: Link, own_process: bool) -> None:
@@ -110,25 +108,6 @@ def _sweep_main(link: Link, params: dict, runs_root: str | None, data_dir: str |
               runs_root=runs_root, data_dir=data_dir, dataset=dataset, listeners=[relay], stop_event=link.stop)
 
 
-def sweep_params(trials: int, preset: str | None = "fast", epochs: int | None = None, limit: int | None = None,
-                 study: str | None = None, storage: str | None = None) -> dict:
-    """A sweep's settings as plain values, checked: ValueError with one specific line otherwise."""
-    from fmnist.config import PRESETS, preset_config
-
-    low, high = SWEEP_TRIALS
-    if isinstance(trials, bool) or not isinstance(trials, int) or not low <= trials <= high:
-        raise ValueError(f"trials must be a whole number between {low} and {high}, got {trials!r}")
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    study = (study or "").strip() or None
-    if study is not None and not STUDY_NAME.match(study):
-        raise ValueError(f"study names are 1-64 letters, digits, '.', '_' or '-' (starting with a letter or "
-                         f"digit), got {study!r}")
-    preset_config(preset, epochs=epochs, limit=limit).validate()  # the bounds' own messages
-    return {"trials": trials, "preset": preset, "epochs": epochs, "limit": limit, "study": study,
-            "storage": (storage or None) and str(storage)}
-
-
 def sweep_progress(snap: dict, now: float | None = None) -> dict:
     """Trials done out of the total, the fraction including the trial in flight, the ETA in seconds
     (None until something has finished), and the best value so far, from a sweep job's snapshot."""
@@ -155,7 +134,7 @@ class Job:
 
     id: str
     session_id: str
-    config: dict  # a training's TrainConfig as a dict; a sweep's settings (sweep_params)
+    config: dict  # a training's TrainConfig as a dict; a sweep's settings (submit_sweep)
     runs_root: str | None
     data_dir: str | None
     run_name: str
@@ -401,9 +380,19 @@ class JobManager:
                      limit: int | None = None, study: str | None = None, storage: str | None = None,
                      runs_root: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
                      dataset=None) -> Job:
-        """Queue an Optuna sweep (`fmnist.sweep.run_sweep` in a child), checked here so bad input
-        fails early with one line (ValueError). It waits its turn like a training."""
-        params = sweep_params(trials, preset, epochs, limit, study, storage)
+        """Queue an Optuna sweep (`fmnist.sweep.run_sweep` in a child). It waits its turn like a
+        training. Checked here, so that bad input fails at once with one line (ValueError): at most
+        SWEEP_TRIALS trials, then fmnist.sweep's own checks, which also open (or create) the study
+        and refuse settings other than those its earlier trials ran with."""
+        from fmnist.sweep import prepare_sweep
+
+        low, high = SWEEP_TRIALS
+        if isinstance(trials, bool) or not isinstance(trials, int) or not low <= trials <= high:
+            raise ValueError(f"trials must be a whole number between {low} and {high}, got {trials!r}")
+        _, opened = prepare_sweep(trials, study=study, storage=storage, preset=preset, epochs=epochs, limit=limit,
+                                  runs_root=runs_root)
+        params = {"trials": trials, "preset": preset, "epochs": epochs, "limit": limit, "study": opened.study_name,
+                  "storage": str(storage) if storage else None}
         job = Job(id=f"sweep{next(self._counter)}-{uuid.uuid4().hex[:8]}", session_id=session_id, config=params,
                   runs_root=str(runs_root) if runs_root else None, data_dir=str(data_dir) if data_dir else None,
                   run_name="", dataset=dataset, sessions={session_id}, kind="sweep",

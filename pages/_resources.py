@@ -11,7 +11,45 @@ import streamlit as st
 
 from fmnist import runs as fruns
 
-BACKEND_LABELS = {"keras": "Keras (TensorFlow)", "openvino-fp32": "OpenVINO FP32", "openvino-int8": "OpenVINO INT8"}
+BACKEND_LABELS = {"keras": "Keras (TensorFlow)", "openvino-fp32": "OpenVINO FP32", "openvino-int8": "OpenVINO INT8",
+                  "remote": "Remote (KServe v2)"}
+
+
+def serving_url() -> str | None:
+    """The KServe v2 endpoint the remote backend answers through (FMNIST_SERVING_URL), or None."""
+    from fmnist.remote import serving_url as configured
+
+    return configured()
+
+
+def backend_names() -> list[str]:
+    """The backends the sidebar offers: the local ones, and "remote" when a serving URL is set."""
+    from fmnist.backends import BACKENDS
+
+    return list(BACKENDS) + (["remote"] if serving_url() else [])
+
+
+def backend_label(name: str) -> str:
+    """A backend's name for people; the remote one names its endpoint."""
+    label = BACKEND_LABELS.get(name, name)
+    url = serving_url() if name == "remote" else None
+    return f"Remote (KServe v2: {url})" if url else label
+
+
+def with_remote_hint(message: str, run_dir: Path | None = None) -> str:
+    """A remote backend's failure with what to do here: the command that serves this run at the
+    configured URL, or a local backend."""
+    from urllib.parse import urlsplit
+
+    try:
+        port = urlsplit(serving_url() or "").port
+    except ValueError:
+        port = None
+    run = "" if run_dir is None or Path(run_dir).resolve() == fruns.DEFAULT_MODEL_DIR.resolve() else \
+        f" --run {Path(run_dir).name}"
+    command = f"python -m fmnist serve{run}" + (f" --port {port}" if port else "")
+    return f"{message.rstrip('.')}. To serve this run at {serving_url()}: `{command}`; or pick a local backend " \
+           "in the sidebar."
 
 
 def runs_dir() -> Path:
@@ -86,12 +124,13 @@ def _backend_cached(run_dir: str, name: str, stamp: tuple):
 
 def backend(run_dir: Path, name: str):
     """A cached predictor shared by all sessions (backends guard their own state with a lock).
-    Returns (backend, None) or (None, message)."""
+    Returns (backend, None) or (None, message). The remote one is kept per serving URL."""
     try:
-        stamp = ((Path(run_dir) / fruns.MANIFEST).stat().st_mtime_ns,)
+        stamp = ((Path(run_dir) / fruns.MANIFEST).stat().st_mtime_ns,) + ((serving_url(),) if name == "remote" else ())
         return _backend_cached(str(run_dir), name, stamp), None
     except Exception as exc:  # BackendError, RunError, missing export...: all shown as one message
-        return None, f"{BACKEND_LABELS.get(name, name)} is not available for this run: {exc}"
+        message = f"{backend_label(name)} is not available for this run: {exc}"
+        return None, with_remote_hint(message, Path(run_dir)) if name == "remote" else message
 
 
 @st.cache_resource(show_spinner=False)

@@ -23,6 +23,15 @@ def current_backend() -> str:
     return st.session_state.get(BACKEND_KEY, "keras")
 
 
+def choose_run(name: str) -> bool:
+    """Make a usable run the sidebar's current run (call it before the sidebar is drawn: a widget
+    callback or before a rerun); False when no usable run has that name."""
+    if name not in {run.name for run in _resources.usable_runs()}:
+        return False
+    st.session_state[RUN_KEY] = name
+    return True
+
+
 def remember_in_url(key: str, value: str | None) -> None:
     """Keep a choice in the URL so that a reload restores it."""
     if value and st.query_params.get(key) != value:
@@ -38,9 +47,12 @@ def current_predictor():
         st.stop()
     name = current_backend()
     model, problem = _resources.backend(run.path, name)
-    if model is None and name != "keras":
-        st.warning(f"{problem}. Using Keras instead.")
-        model, problem = _resources.backend(run.path, "keras")
+    # a remote server that is down: answer locally with the same model files (OpenVINO FP32 first)
+    for fallback in (("openvino-fp32", "keras") if name == "remote" else ("keras",)):
+        if model is not None or name == fallback:
+            break
+        st.warning(f"{problem.rstrip('.')}. Using {_resources.backend_label(fallback)} instead.")
+        model, problem = _resources.backend(run.path, fallback)
     if model is None:
         st.error(problem)
         st.stop()

@@ -34,6 +34,15 @@ def predict(model, image28: np.ndarray) -> tuple[np.ndarray, float]:
     return probs, (time.perf_counter() - t0) * 1000
 
 
+def answer_failed(model, run, exc: Exception) -> None:
+    """A backend that could not answer (the remote server stopped, a timeout...): one clear line
+    with what to do, never a traceback."""
+    first = (str(exc).splitlines() or [type(exc).__name__])[0][:400]
+    message = f"{_resources.backend_label(model.name)} could not answer: {first}"
+    st.error(_resources.with_remote_hint(message, run.path) if model.name == "remote" else message,
+             icon=":material/cloud_off:")
+
+
 def run_trust(run):
     """(the run's verified trust artifacts, None) or (None, the sentence shown instead), from the
     server's shared cache (pages/_resources.py)."""
@@ -170,7 +179,13 @@ def show_prediction(prepared, model, key: str, run, source: str, show_steps: boo
         st.warning(warning)
     if prepared.empty:
         return
-    probs, ms = predict(model, prepared.input)
+    from fmnist.predictor import BackendError
+
+    try:
+        probs, ms = predict(model, prepared.input)
+    except BackendError as exc:
+        answer_failed(model, run, exc)
+        return
     trust, _ = run_trust(run)
     shown = apply_temperature(probs[None], trust.temperature)[0] if trust is not None else probs
     top = int(shown.argmax())
@@ -258,7 +273,7 @@ def drawing_panel(model, run) -> None:
 
 st.title("Classify")
 run, model = _selection.current_predictor()
-st.caption(f"Model **{run.label()}** with **{_resources.BACKEND_LABELS.get(model.name, model.name)}** "
+st.caption(f"Model **{run.label()}** with **{_resources.backend_label(model.name)}** "
            "(change both in the sidebar). Under each answer: where the model looked and the training images "
            "it finds most alike; **Look inside** shows its feature maps layer by layer.")
 tab_upload, tab_draw = st.tabs(["Upload photos", "Draw"])
