@@ -166,9 +166,9 @@ class ServingClient:
             raise BackendError(self._http_error(exc.response, what)) from None
         except httpx.HTTPError as exc:  # the connection broke, the answer was not HTTP, ...
             raise BackendError(f"the model server at {self.url} failed during {what}: {_reason(exc)}") from None
-        except ValueError as exc:  # kserve's InvalidInput: an answer it cannot decode
+        except (ValueError, KeyError, TypeError) as exc:  # kserve's InvalidInput, a field missing: not a v2 answer
             raise BackendError(f"the model server at {self.url} gave an answer that cannot be read "
-                               f"({what}): {str(exc)[:200]}") from None
+                               f"({what}): {type(exc).__name__}: {str(exc)[:200]}") from None
 
     def _timed_out(self, what: str) -> str:
         return f"the model server at {self.url} did not answer {what} within {self.timeout:g} s"
