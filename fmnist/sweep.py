@@ -73,11 +73,55 @@ _RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
 
 # ---- the search space ------------------------------------------------------------------------------
 
-def suggest(trial) -> dict[str, Any]:
-    """The trial's values for every knob of SEARCH_SPACE (drawn through Optuna's suggest_* calls)."""
+def fixed_value(name: str, value: Any) -> Any:
+    """A knob's value held fixed for a whole sweep (the CLI's --fix KNOB=VALUE; text or a value),
+    checked against SEARCH_SPACE: one of its choices, or a number inside its range. ValueError otherwise."""
+    spec = SEARCH_SPACE.get(name)
+    if spec is None:
+        raise ValueError(f"unknown search-space knob {name!r}; choose one of {', '.join(SEARCH_SPACE)}")
+    if spec["kind"] == "categorical":
+        for choice in spec["choices"]:
+            if isinstance(choice, bool) or isinstance(value, bool):  # true/false, any case
+                if str(choice).lower() == str(value).strip().lower():
+                    return choice
+            elif _number(value) == choice:  # 1 and 1.0 name the same width scale
+                return choice
+        raise ValueError(f"{name} must be one of {', '.join(map(str, spec['choices']))}, got {value!r}")
+    number = _number(value)
+    whole = spec["kind"] != "int" or number == int(number) if math.isfinite(number) else False
+    if isinstance(value, bool) or not whole or not spec["low"] <= number <= spec["high"]:
+        kind = "a whole number" if spec["kind"] == "int" else "a number"
+        raise ValueError(f"{name} must be {kind} from {spec['low']:g} to {spec['high']:g}, got {value!r}")
+    return int(number) if spec["kind"] == "int" else number
+
+
+def _number(value: Any) -> float:
+    """A number from text or a number; NaN when it is neither."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def parse_fixed(items: Iterable[str]) -> dict[str, Any]:
+    """{knob: value} from KNOB=VALUE texts (the CLI's --fix); ValueError saying which one is wrong."""
+    fixed: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--fix takes KNOB=VALUE (e.g. batch_size=128), got {item!r}")
+        fixed[name.strip()] = fixed_value(name.strip(), text)
+    return fixed
+
+
+def suggest(trial, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The trial's values for every knob of SEARCH_SPACE: drawn through Optuna's suggest_* calls, except
+    the knobs `fixed` holds for the whole sweep (not searched, not in trial.params)."""
     params: dict[str, Any] = {}
     for name, spec in SEARCH_SPACE.items():
-        if spec["kind"] == "categorical":
+        if fixed and name in fixed:
+            params[name] = fixed[name]
+        elif spec["kind"] == "categorical":
             params[name] = trial.suggest_categorical(name, spec["choices"])
         elif spec["kind"] == "int":
             params[name] = trial.suggest_int(name, spec["low"], spec["high"])
@@ -218,17 +262,19 @@ def list_studies(storage: str | None = None, *, runs_root: str | os.PathLike | N
     return sorted(optuna.get_all_study_names(store))
 
 
-def _check_settings(study, base: TrainConfig) -> None:
-    """One study, one fixed setting: trials of different presets, epochs or training-set sizes are not
-    comparable. The first worker records them; a worker asking for others gets a ValueError."""
-    wanted = {"preset": base.preset, "epochs": base.epochs, "limit": base.limit}
+def _check_settings(study, base: TrainConfig, fixed: dict[str, Any]) -> None:
+    """One study, one fixed setting: trials of different presets, epochs, training-set sizes or fixed
+    knobs are not comparable. The first worker records them; a worker asking for others gets a
+    ValueError."""
+    wanted = {"preset": base.preset, "epochs": base.epochs, "limit": base.limit, "fixed": fixed}
     recorded = study.user_attrs.get("settings")
     if recorded is None:
         study.set_user_attr("settings", wanted)
     elif recorded != wanted:
         def text(s: dict) -> str:
             size = f"{s['limit']:,} images" if s.get("limit") else "all images"
-            return f"preset {s.get('preset') or 'none'}, {s.get('epochs')} epochs, {size}"
+            held = "".join(f", {k}={v}" for k, v in (s.get("fixed") or {}).items())
+            return f"preset {s.get('preset') or 'none'}, {s.get('epochs')} epochs, {size}{held}"
 
         raise ValueError(f"study {study.study_name!r} runs {text(recorded)}; this sweep asks for {text(wanted)}: "
                          "use the same settings or another --study")
@@ -310,9 +356,13 @@ def _tag_run(run_dir: Path, study: str, number: int, params: dict, value: float)
     add_files(run_dir, {f"{TAG_BUNDLE}/trial.json": json.dumps(tag, indent=2).encode()})
 
 
-def check_arguments(trials: int, timeout: float | None = None, preset: str | None = "fast",
-                    epochs: int | None = None, limit: int | None = None, pruner: str = "median") -> TrainConfig:
-    """The sweep's base configuration once its arguments are checked; ValueError saying what is wrong."""
+def prepare_sweep(trials: int, *, study: str | None = None, storage: str | None = None,
+                  timeout: float | None = None, preset: str | None = "fast", epochs: int | None = None,
+                  limit: int | None = None, pruner: str = "median", fixed: dict[str, Any] | None = None,
+                  runs_root: str | os.PathLike | None = None) -> tuple[TrainConfig, dict[str, Any], Any]:
+    """(base TrainConfig, fixed knobs, opened Study) once every argument is checked, the storage opened
+    and the study's settings agree; ValueError saying what is wrong. run_sweep starts with it; the
+    command line calls it first too, to answer mistakes before TensorFlow's start-up."""
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be a whole number of at least 1, got {trials!r}")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
@@ -320,36 +370,31 @@ def check_arguments(trials: int, timeout: float | None = None, preset: str | Non
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if pruner not in PRUNERS:
         raise ValueError(f"unknown pruner {pruner!r}; choose one of {', '.join(PRUNERS)}")
-    return base_config(preset, epochs, limit)
-
-
-def prepare_sweep(trials: int, *, study: str | None = None, storage: str | None = None,
-                  timeout: float | None = None, preset: str | None = "fast", epochs: int | None = None,
-                  limit: int | None = None, pruner: str = "median", runs_root: str | os.PathLike | None = None):
-    """(base TrainConfig, opened Study) once every argument is checked, the storage opened and the
-    study's settings agree; ValueError saying what is wrong. run_sweep starts with it; the command
-    line calls it first too, to answer mistakes before TensorFlow's start-up."""
-    base = check_arguments(trials, timeout, preset, epochs, limit, pruner)
+    base = base_config(preset, epochs, limit)
+    fixed = {name: fixed_value(name, value) for name, value in (fixed or {}).items()}
     opened = open_study(study, storage, pruner=pruner, runs_root=runs_root)
-    _check_settings(opened, base)
-    return base, opened
+    _check_settings(opened, base, fixed)
+    return base, fixed, opened
 
 
 def run_sweep(trials: int, *, study: str | None = None, storage: str | None = None, timeout: float | None = None,
               preset: str | None = "fast", epochs: int | None = None, limit: int | None = None,
               runs_root: str | os.PathLike | None = None, data_dir: str | None = None,
               dataset: fdata.Dataset | None = None, listeners: Iterable[Listener] = (),
-              stop_event: threading.Event | None = None, pruner: str = "median", export: bool = False) -> dict:
+              stop_event: threading.Event | None = None, pruner: str = "median",
+              fixed: dict[str, Any] | None = None, export: bool = False) -> dict:
     """Run `trials` trials (this worker's share: other workers on the same study add theirs) and return
     the sweep_finished event. Stops starting new trials once `timeout` seconds have passed; when
-    `stop_event` is set, the trial in flight stops at its next batch and is marked FAIL. `export`
+    `stop_event` is set, the trial in flight stops at its next batch and is marked FAIL. `fixed` holds
+    knobs of SEARCH_SPACE at one value (not searched: {"batch_size": 128}). `export`
     also exports each kept run to OpenVINO with its trust bundle and feature map (slow). Raises
     ValueError (bad arguments, storage, study settings) or fdata.DataError before the first trial."""
     from fmnist.runs import runs_root as resolve_root
 
     t0 = time.monotonic()
-    base, opened = prepare_sweep(trials, study=study, storage=storage, timeout=timeout, preset=preset,
-                                 epochs=epochs, limit=limit, pruner=pruner, runs_root=runs_root)
+    base, fixed, opened = prepare_sweep(trials, study=study, storage=storage, timeout=timeout, preset=preset,
+                                        epochs=epochs, limit=limit, pruner=pruner, fixed=fixed,
+                                        runs_root=runs_root)
     if dataset is None:
         dataset = fdata.load_fashion_mnist(data_dir)
     listeners = list(listeners)
@@ -361,7 +406,7 @@ def run_sweep(trials: int, *, study: str | None = None, storage: str | None = No
     name = opened.study_name
     label = storage_label((storage or "").strip() or default_storage(runs_root))
     emit({"kind": "sweep_started", "study": name, "storage": label, "trials": trials, "pruner": pruner,
-          "preset": base.preset, "epochs": base.epochs, "limit": base.limit})
+          "preset": base.preset, "epochs": base.epochs, "limit": base.limit, "fixed": fixed})
     counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
     numbers: list[int] = []
     timed_out, interrupted = False, None
@@ -369,7 +414,7 @@ def run_sweep(trials: int, *, study: str | None = None, storage: str | None = No
         if timeout is not None and time.monotonic() - t0 >= timeout:
             timed_out = True
             break
-        finished = _run_trial(opened, base, dataset, resolve_root(runs_root), emit, stop_event, export)
+        finished = _run_trial(opened, base, fixed, dataset, resolve_root(runs_root), emit, stop_event, export)
         numbers.append(finished["number"])
         counts[finished["state"]] += 1
         if finished["reason"] == STOPPED_REASON:
@@ -394,21 +439,18 @@ def _study_best(opened) -> tuple[float | None, str | None]:
     return top.value, top.user_attrs.get("run")
 
 
-def _run_trial(opened, base: TrainConfig, dataset: fdata.Dataset, root: Path, emit: Listener,
+def _run_trial(opened, base: TrainConfig, fixed: dict[str, Any], dataset: fdata.Dataset, root: Path, emit: Listener,
                stop_event: threading.Event | None, export: bool) -> dict:
     """Ask for one trial, train it, tell Optuna how it ended; returns the trial_finished event."""
-    import optuna
-
     from fmnist.runs import new_run_name
     from fmnist.training import train
 
-    State = optuna.trial.TrialState
     trial = opened.ask()
     number, t0 = trial.number, time.monotonic()
     run_name = new_run_name(f"sweep-t{number}-{opened.study_name}")
     state, value, run_dir, reason = "FAIL", None, None, ""
     try:
-        params = suggest(trial)
+        params = suggest(trial, fixed)
         config = config_for(params, base)
         trial.set_user_attr("host", socket.gethostname())
         emit({"kind": "trial_started", "number": number, "params": params, "epochs": config.epochs})
@@ -522,8 +564,9 @@ class SweepProgress:
         if kind == "sweep_started":
             self.trials = event["trials"]
             size = f"{event['limit']:,} images" if event.get("limit") else "all images"
+            held = "".join(f", {k}={v}" for k, v in (event.get("fixed") or {}).items())
             self._line(f"sweep {event['study']!r} in {event['storage']}: {event['trials']} trials of preset "
-                       f"{event['preset'] or 'none'}, {event['epochs']} epochs, {size}; pruner {event['pruner']}")
+                       f"{event['preset'] or 'none'}, {event['epochs']} epochs, {size}{held}; pruner {event['pruner']}")
         elif kind == "trial_started":
             self.started, self.number = self.started + 1, event["number"]
             values = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
@@ -543,7 +586,7 @@ class SweepProgress:
 
 def add_cli(subparsers, cli_error) -> None:
     """`python -m fmnist sweep --trials N [--study NAME] [--storage URL] [--timeout S] [--preset P]
-    [--epochs E] [--limit N] [--pruner P] [--runs-dir D] [--data-dir D] [--export] [--json]`."""
+    [--epochs E] [--limit N] [--pruner P] [--fix KNOB=VALUE] [--runs-dir D] [--data-dir D] [--export] [--json]`."""
     p = subparsers.add_parser(
         "sweep", help="hyperparameter sweep: Optuna trials of train, pruned early, each kept as a run",
         description="Run Optuna trials of the training over the search space in docs/sweeps.md; every "
@@ -560,6 +603,8 @@ def add_cli(subparsers, cli_error) -> None:
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the preset's)")
     p.add_argument("--limit", type=int, help="train on a stratified subset of this many images")
     p.add_argument("--pruner", default="median", help=f"{', '.join(PRUNERS)} (default: median)")
+    p.add_argument("--fix", action="append", metavar="KNOB=VALUE",
+                   help="hold a knob of the search space at one value, e.g. --fix batch_size=128 (repeatable)")
     p.add_argument("--export", action="store_true",
                    help="also export each kept run to OpenVINO, with its trust bundle and feature map (slow)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -576,8 +621,10 @@ def add_cli(subparsers, cli_error) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own lines
         preset = None if args.preset.lower() == "none" else args.preset
         try:  # bad arguments are answered before TensorFlow's seconds of start-up
+            fixed = parse_fixed(args.fix or ())
             prepare_sweep(args.trials, study=args.study, storage=args.storage, timeout=args.timeout, preset=preset,
-                          epochs=args.epochs, limit=args.limit, pruner=args.pruner, runs_root=args.runs_dir)
+                          epochs=args.epochs, limit=args.limit, pruner=args.pruner, fixed=fixed,
+                          runs_root=args.runs_dir)
         except ValueError as exc:
             raise cli_error(str(exc))
         import_tensorflow_quietly()
@@ -596,7 +643,7 @@ def add_cli(subparsers, cli_error) -> None:
                                 preset=preset,
                                 epochs=args.epochs, limit=args.limit, runs_root=args.runs_dir,
                                 data_dir=args.data_dir, listeners=[SweepProgress()], stop_event=stop,
-                                pruner=args.pruner, export=args.export)
+                                pruner=args.pruner, fixed=fixed, export=args.export)
         except (ValueError, fdata.DataError) as exc:
             raise cli_error(str(exc))
         finally:
