@@ -103,6 +103,16 @@ def test_a_study_keeps_its_settings(tmp_path):
                             fixed={"batch_size": 64})
 
 
+def test_timeout_stops_starting_trials(tiny_dataset, tmp_path):
+    """--timeout is checked before each trial: past it, no new trial starts (here: none at all)."""
+    events = []
+    summary = sweep.run_sweep(3, study="t", storage=str(tmp_path / "j.log"), timeout=1e-9, runs_root=tmp_path / "runs",
+                              dataset=tiny_dataset, listeners=[events.append])
+    assert summary["timed_out"] and not summary["stopped"] and summary["numbers"] == [] and summary["study_trials"] == 0
+    assert [e["kind"] for e in events] == ["sweep_started", "sweep_finished"] and events[-1] == summary
+    assert summary["best_value"] is None and summary["best_run"] is None
+
+
 @pytest.mark.parametrize("args, message", [
     (["--trials", "0"], "trials must be a whole number of at least 1, got 0"),
     (["--trials", "2", "--preset", "nope"], "unknown preset 'nope'; choose one of paper, fast, best"),
