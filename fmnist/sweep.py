@@ -421,9 +421,10 @@ def run_sweep(trials: int, *, study: str | None = None, storage: str | None = No
             interrupted = finished["number"]
     best_value, best = _study_best(opened)
     summary = {"kind": "sweep_finished", "study": name, "completed": counts["COMPLETE"], "pruned": counts["PRUNED"],
-               "failed": counts["FAIL"], "best_value": best_value, "best_run": best, "stopped": bool(
-                   stop_event is not None and stop_event.is_set()), "timed_out": timed_out, "numbers": numbers,
-               "interrupted_trial": interrupted, "seconds": round(time.monotonic() - t0, 1), "study_trials": len(opened.get_trials(deepcopy=False))}
+               "failed": counts["FAIL"], "best_value": best_value, "best_run": best,
+               "stopped": bool(stop_event is not None and stop_event.is_set()), "timed_out": timed_out,
+               "numbers": numbers, "interrupted_trial": interrupted, "seconds": round(time.monotonic() - t0, 1),
+               "study_trials": len(opened.get_trials(deepcopy=False))}
     emit(summary)
     return summary
 
@@ -653,7 +654,8 @@ def add_cli(subparsers, cli_error) -> None:
             print(json.dumps(summary, indent=2))
         best = (f"best {summary['best_value']:.2%}: {summary['best_run']}" if summary["best_value"] is not None
                 else "no finished trial yet")
-        counts = (f"{len(summary['numbers'])} trials here ({summary['completed']} complete, {summary['pruned']} "
+        n = len(summary["numbers"])
+        counts = (f"{n} trial{'' if n == 1 else 's'} here ({summary['completed']} complete, {summary['pruned']} "
                   f"pruned, {summary['failed']} failed) in {summary['seconds']:.0f}s")
         if summary["stopped"]:
             marked = ("" if summary["interrupted_trial"] is None

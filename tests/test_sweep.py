@@ -26,8 +26,8 @@ def corner_params() -> list[dict]:
     """Every knob at its low end, then at its high end (categorical: first and last choice)."""
     low, high = {}, {}
     for name, spec in sweep.SEARCH_SPACE.items():
-        ends = (spec["choices"][0], spec["choices"][-1]) if spec["kind"] == "categorical" else (spec["low"], spec["high"])
-        low[name], high[name] = ends
+        categorical = spec["kind"] == "categorical"
+        low[name], high[name] = (spec["choices"][0], spec["choices"][-1]) if categorical else (spec["low"], spec["high"])
     return [low, high]
 
 
@@ -144,17 +144,17 @@ FIXED = {"width_scale": 0.5, "batch_size": 128}
 
 def sweep_command(tmp_path: Path, data_dir: Path, trials: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "fmnist", "sweep", "--trials", str(trials), "--limit", "3000", "--epochs", "2",
-            "--study", "pair", "--storage", str(tmp_path / "journal.log"), "--runs-dir", str(tmp_path / "runs"),
-            "--data-dir", str(data_dir), *(f"--fix={k}={v}" for k, v in FIXED.items()), *extra]
+            "--study", "pair", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(data_dir),
+            *(f"--fix={k}={v}" for k, v in FIXED.items()), *extra]
 
 
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_two_workers_share_one_study(real_data_dir, tmp_path):
-    """Two `python -m fmnist sweep --trials 4` started at once on one journal file: 8 trials, none run
-    twice, some pruned after epoch 1 (successive halving), every COMPLETE trial a verified, tagged run
-    that `python -m fmnist runs` lists, and nothing else left in the runs folder."""
+    """Two `python -m fmnist sweep --trials 4` started at once on the default storage (one journal file
+    in the runs folder): 8 trials, none run twice, some pruned after epoch 1 (successive halving),
+    every COMPLETE trial a verified, tagged run that `python -m fmnist runs` lists, nothing else left."""
     cmd = sweep_command(tmp_path, real_data_dir, 4, "--pruner", "halving", "--json")
     t0 = time.monotonic()
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -172,7 +172,9 @@ def test_two_workers_share_one_study(real_data_dir, tmp_path):
     assert sorted(numbers) == list(range(8)), summaries  # each trial number run once, by one worker
     assert all(len(s["numbers"]) == 4 and s["failed"] == 0 for s in summaries)
 
-    rows = sweep.study_rows("pair", str(tmp_path / "journal.log"))
+    runs = tmp_path / "runs"
+    assert Path(sweep.default_storage(runs)).is_file()
+    rows = sweep.study_rows("pair", runs_root=runs)
     states = [r["state"] for r in rows]
     complete = [r for r in rows if r["state"] == "COMPLETE"]
     pruned = [r for r in rows if r["state"] == "PRUNED"]
@@ -183,7 +185,7 @@ def test_two_workers_share_one_study(real_data_dir, tmp_path):
         assert r["reason"].startswith("pruned after epoch 1") and list(r["epochs"]) == [1] and r["run"] is None
 
     listed = json.loads(subprocess.run(
-        [sys.executable, "-m", "fmnist", "runs", "--json", "--runs-dir", str(tmp_path / "runs")], cwd=ROOT,
+        [sys.executable, "-m", "fmnist", "runs", "--json", "--runs-dir", str(runs)], cwd=ROOT,
         capture_output=True, text=True, timeout=120, check=True).stdout)
     by_path = {row["path"]: row for row in listed}
     for r in complete:
@@ -193,10 +195,11 @@ def test_two_workers_share_one_study(real_data_dir, tmp_path):
         tag = json.loads(read_verified_bundle(Path(r["run"]), "sweep", ("trial.json",))["trial.json"])
         assert (tag["study"], tag["trial"], tag["params"]) == ("pair", r["number"], {**r["params"], **FIXED})
         assert row["best_val_accuracy"] == pytest.approx(r["value"], abs=1e-6)
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(Path(r["run"]).name for r in complete)
+    kept = sorted(p.name for p in runs.iterdir() if p.name != sweep.SWEEPS_DIR)  # no staging or removed run left
+    assert kept == sorted(Path(r["run"]).name for r in complete)
     best = max(complete, key=lambda r: r["value"])
-    assert sweep.best_run("pair", str(tmp_path / "journal.log")) == Path(best["run"])
-    figures = sweep.study_figures("pair", str(tmp_path / "journal.log"))
+    assert sweep.best_run("pair", runs_root=runs) == Path(best["run"])
+    figures = sweep.study_figures("pair", runs_root=runs)
     assert {"history", "parallel"} <= set(figures) and ("importance" in figures) == (len(complete) >= 2)
 
 
@@ -204,8 +207,9 @@ def test_two_workers_share_one_study(real_data_dir, tmp_path):
 @pytest.mark.integration
 def test_ctrl_c_stops_the_command_cleanly(real_data_dir, tmp_path):
     """Ctrl-C during a trial: exit 130 with one line, the trial marked FAIL, no run or staging left."""
-    proc = subprocess.Popen(sweep_command(tmp_path, real_data_dir, 3, "--pruner", "none"), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    storage = str(tmp_path / "journal.log")  # a journal file of one's own (--storage PATH)
+    proc = subprocess.Popen(sweep_command(tmp_path, real_data_dir, 3, "--pruner", "none", "--storage", storage),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: [lines.append(line) for line in proc.stderr], daemon=True)
     reader.start()
@@ -220,8 +224,8 @@ def test_ctrl_c_stops_the_command_cleanly(real_data_dir, tmp_path):
     err = "".join(lines)
     assert proc.returncode == 130, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: interrupted: 1 trials here (0 complete, 0 pruned, 1 failed)"), err
+    assert last.startswith("error: interrupted: 1 trial here (0 complete, 0 pruned, 1 failed)"), err
     assert "trial 0 marked FAIL (stopped)" in last
-    rows = sweep.study_rows("pair", str(tmp_path / "journal.log"))
+    rows = sweep.study_rows("pair", storage)
     assert [(r["state"], r["reason"]) for r in rows] == [("FAIL", sweep.STOPPED_REASON)]
     assert not any((tmp_path / "runs").iterdir())  # the partial run removed, no staging folder left
