@@ -389,8 +389,8 @@ class JobManager:
         low, high = SWEEP_TRIALS
         if isinstance(trials, bool) or not isinstance(trials, int) or not low <= trials <= high:
             raise ValueError(f"trials must be a whole number between {low} and {high}, got {trials!r}")
-        _, opened = prepare_sweep(trials, study=study, storage=storage, preset=preset, epochs=epochs, limit=limit,
-                                  runs_root=runs_root)
+        opened = prepare_sweep(trials, study=study, storage=storage, preset=preset, epochs=epochs, limit=limit,
+                               runs_root=runs_root)[-1]  # (..., the opened study)
         params = {"trials": trials, "preset": preset, "epochs": epochs, "limit": limit, "study": opened.study_name,
                   "storage": str(storage) if storage else None}
         job = Job(id=f"sweep{next(self._counter)}-{uuid.uuid4().hex[:8]}", session_id=session_id, config=params,

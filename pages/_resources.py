@@ -48,8 +48,7 @@ def with_remote_hint(message: str, run_dir: Path | None = None) -> str:
     run = "" if run_dir is None or Path(run_dir).resolve() == fruns.DEFAULT_MODEL_DIR.resolve() else \
         f" --run {Path(run_dir).name}"
     command = f"python -m fmnist serve{run}" + (f" --port {port}" if port else "")
-    return f"{message.rstrip('.')}. To serve this run at {serving_url()}: `{command}`; or pick a local backend " \
-           "in the sidebar."
+    return f"{message.rstrip('.')}. To serve this run there: `{command}`. Or pick a local backend in the sidebar."
 
 
 def runs_dir() -> Path:

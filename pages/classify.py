@@ -38,7 +38,7 @@ def answer_failed(model, run, exc: Exception) -> None:
     """A backend that could not answer (the remote server stopped, a timeout...): one clear line
     with what to do, never a traceback."""
     first = (str(exc).splitlines() or [type(exc).__name__])[0][:400]
-    message = f"{_resources.backend_label(model.name)} could not answer: {first}"
+    message = f"{'Remote backend' if model.name == 'remote' else _resources.backend_label(model.name)}: {first}"
     st.error(_resources.with_remote_hint(message, run.path) if model.name == "remote" else message,
              icon=":material/cloud_off:")
 

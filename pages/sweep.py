@@ -44,20 +44,28 @@ def search_space_rows() -> list[dict]:
 
 def settings_ui(locked: bool) -> dict:
     """The sweep's widgets (read-only while this session's sweep runs); returns their values."""
-    st.session_state.setdefault("sweep_study", f"app-{time.strftime('%Y%m%d-%H%M')}")
+    for name, value in {**DEFAULTS, "study": f"app-{time.strftime('%Y%m%d-%H%M')}"}.items():
+        st.session_state.setdefault(f"sweep_{name}", value)  # the one source of each widget's value
     c1, c2, c3, c4, c5 = st.columns([1, 1, 1, 1.3, 2])
-    trials = c1.number_input("Trials", *SWEEP_TRIALS, value=DEFAULTS["trials"], key="sweep_trials", disabled=locked,
+    trials = c1.number_input("Trials", *SWEEP_TRIALS, key="sweep_trials", disabled=locked,
                              help="Trainings the sweep runs; pruned ones end early.")
-    preset = c2.selectbox("Preset", list(PRESETS), index=list(PRESETS).index(DEFAULTS["preset"]), key="sweep_preset",
-                          disabled=locked, help="The base configuration; every trial changes the settings below.")
-    epochs = c3.number_input("Epochs per trial", 1, MAX_EPOCHS, value=DEFAULTS["epochs"], key="sweep_epochs",
-                             disabled=locked)
-    limit = c4.number_input("Training images per trial", 1000, B["limit"][1], value=DEFAULTS["limit"], step=1000,
-                            key="sweep_limit", disabled=locked, help="A stratified subset of the 60,000")
+    preset = c2.selectbox("Preset", list(PRESETS), key="sweep_preset", disabled=locked,
+                          help="The base configuration; every trial changes the settings of the search space.")
+    epochs = c3.number_input("Epochs per trial", 1, MAX_EPOCHS, key="sweep_epochs", disabled=locked)
+    limit = c4.number_input("Training images per trial", 1000, B["limit"][1], step=1000, key="sweep_limit",
+                            disabled=locked, help="A stratified subset of the 60,000")
     study = c5.text_input("Study", key="sweep_study", disabled=locked, max_chars=64,
-                          help="An existing study's name adds trials to it; a new name starts a new study.")
+                          help="An existing study's name adds trials to it (with the same preset, epochs and "
+                               "images); a new name starts a new study.")
     return {"trials": int(trials), "preset": preset, "epochs": int(epochs), "limit": int(limit),
             "study": study.strip()}
+
+
+def mirror_job(config: dict) -> None:
+    """Show a sweep's own settings in the form (after a reload the form had gone back to its defaults)."""
+    for name in ("trials", "preset", "epochs", "limit", "study"):
+        if config.get(name) is not None:
+            st.session_state[f"sweep_{name}"] = config[name]
 
 
 def fmt_seconds(seconds: float | None) -> str:
@@ -216,21 +224,27 @@ busy = bool(snap and snap["active"])
 with st.expander("What a trial changes (the search space)"):
     st.dataframe(search_space_rows(), hide_index=True)
     st.caption("Everything else comes from the preset. The value Optuna maximises is the validation accuracy.")
+if busy and st.session_state.get("sweep_form_job") != job.id:
+    mirror_job(snap["config"])
+    st.session_state["sweep_form_job"] = job.id
 values = settings_ui(locked=busy)
 buttons = st.container(horizontal=True, vertical_alignment="center")
 start_clicked = buttons.button("Start sweep", type="primary", icon=":material/play_arrow:", key="sweep_start",
                                disabled=busy)
 stop_clicked = buttons.button("Stop", icon=":material/stop:", key="sweep_stop", disabled=not busy)
-if start_clicked and not busy:
+dataset = _resources.dataset() if start_clicked and not busy else None  # None: it said why
+if dataset is not None:
     try:
+        # the server already holds the data set: the sweep's child needn't read it again
         job = _session.job_manager().submit_sweep(
             _session.session_id(), values["trials"], preset=values["preset"], epochs=values["epochs"],
             limit=values["limit"], study=values["study"] or None, storage=storage(),
-            runs_root=_resources.runs_dir(), data_dir=_resources.data_dir(), dataset=_resources.dataset())
+            runs_root=_resources.runs_dir(), data_dir=_resources.data_dir(), dataset=dataset)
     except (ValueError, RuntimeError) as exc:
         st.error(f"Cannot start: {exc}")
     else:
         st.session_state[_sidebar.SWEEP_KEY] = job.id
+        st.session_state["sweep_form_job"] = job.id
         st.query_params[_sidebar.SWEEP_PARAM] = job.id
         st.session_state.pop(PICK_KEY, None)  # show the new sweep's study
         st.rerun()

@@ -1,7 +1,9 @@
 """Sweeps in the app (issue 16): the sweep job kind of the training queue (fmnist.jobs) and the Sweep
 page under AppTest: a tiny Optuna sweep waits its turn like a training, fills its trials' table and
 Optuna's figures, "Use the best run" makes its best run the current model, Stop ends it cleanly, and
-bad input is answered with one line."""
+bad input is answered with one line. And the sidebar's remote backend: offered only with a serving
+URL, and a server that does not answer is named, with the command to start it, while a local backend
+answers (tests/test_browser_remote.py drives a real one)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from fmnist.jobs import SWEEP_TRIALS, JobManager, sweep_progress
 from fmnist.runs import STAGING_PREFIX, list_runs, verify_run
 from fmnist.sweep import STOPPED_REASON, best_run, default_storage, study_rows
 from fmnist.training import TrainConfig
-from tests.test_app import app, goto, needs_data, runs_dir, texts  # noqa: F401  (fixtures)
+from tests.test_app import FAKE_DRAWING, app, fake_canvas, goto, needs_data, runs_dir, texts  # noqa: F401
 from tests.waits import wait_until
 
 pytestmark = pytest.mark.slow  # every test trains
@@ -129,3 +131,30 @@ def test_the_sweep_page_runs_a_sweep_and_uses_its_best_run(needs_data, app, runs
     assert final["run_dir"] == str(best) and final["sweep"]["best_value"] == max(r["value"] for r in rows)
     goto(app, "home")
     assert best.name in texts(app)  # the current model everywhere, after a page switch too
+
+
+def test_the_remote_backend_is_offered_with_a_serving_url_and_a_stopped_server_is_named(needs_data, app,
+                                                                                         fake_canvas, monkeypatch):
+    import socket
+
+    from fmnist.backends import get_backend
+    from fmnist.data import CLASS_NAMES
+    from fmnist.preprocess import prepare_drawing
+    from fmnist.runs import DEFAULT_MODEL_DIR
+
+    assert not [o for o in app.selectbox(key="backend").options if "Remote" in o]  # FMNIST_SERVING_URL unset
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("FMNIST_SERVING_URL", url)
+    app.run()
+    backend = app.selectbox(key="backend")
+    assert backend.options[-1] == f"Remote (KServe v2: {url})"  # the options as shown
+    backend.set_value("remote").run()
+    goto(app, "classify")
+    (warning,) = [w.value for w in app.warning]
+    assert url in warning and f"python -m fmnist serve --port {url.rsplit(':', 1)[1]}" in warning
+    assert warning.endswith("Using OpenVINO FP32 instead.")
+    expected = get_backend(DEFAULT_MODEL_DIR, "openvino-fp32").predict_proba(prepare_drawing(FAKE_DRAWING).input[None])
+    assert f"### {CLASS_NAMES[int(expected.argmax())]}" in [m.value for m in app.markdown]
+    assert any("openvino-fp32 (fp32)" in c.value for c in app.caption)  # the local answer, named as such
