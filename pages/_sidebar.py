@@ -35,16 +35,21 @@ def sweep_line(snap: dict) -> str:
     """One line about a sweep job, for the sidebar and the Sweep page."""
     from fmnist.jobs import sweep_progress
 
-    if snap["status"] in ("queued", "starting", "failed", "cancelled"):
-        return _session.job_line(snap).replace("one training runs", "one training or sweep runs")
+    status = snap["status"]
+    if status == "queued":
+        return f"Queued: position {snap['queue_position']} (one training or sweep runs at a time on this server)"
+    if status == "starting":
+        return "Starting the sweep process..."
+    if status in ("failed", "cancelled"):
+        return f"{status.capitalize()}: {snap['message']}"
     progress = sweep_progress(snap)
     best = progress["best_value"]
     best_text = f" · best {best:.2%}" if isinstance(best, float) else ""
-    if snap["status"] == "running":
+    if status == "running":
         eta = progress["eta_s"]
         eta_text = f" · ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else ""
         return f"Running: {progress['done']}/{progress['total']} trials done{best_text}{eta_text}"
-    return f"{'Finished' if snap['status'] == 'completed' else 'Stopped'}: {snap['message']}{best_text}"
+    return f"{'Finished' if status == 'completed' else 'Stopped'}: {snap['message']}{best_text}"
 
 
 def sidebar() -> None:

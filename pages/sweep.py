@@ -139,7 +139,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
         value = row.get("value")
         item = {"trial": row.get("number"), "state": row.get("state"),
                 "val. accuracy": value * 100 if isinstance(value, (int, float)) else None}
-        item.update({name: (f"{v:.4g}" if isinstance(v, float) else str(v)) for name, v in (row.get("params") or {}).items()})
+        item.update({name: (f"{v:.3g}" if isinstance(v, float) else str(v)) for name, v in (row.get("params") or {}).items()})
         item["seconds"] = round(row["seconds"]) if isinstance(row.get("seconds"), (int, float)) else None
         item["run"] = str(row["run"]).rstrip("/").rsplit("/", 1)[-1] if row.get("run") else ""
         out.append(item)

@@ -12,28 +12,15 @@ import json
 import pytest
 
 from fmnist.data import synthetic_dataset
-from fmnist.jobs import SWEEP_TRIALS, JobManager, sweep_progress
+from fmnist.jobs import SWEEP_TRIALS, sweep_progress
 from fmnist.runs import STAGING_PREFIX, list_runs, verify_run
 from fmnist.sweep import STOPPED_REASON, best_run, default_storage, study_rows
 from fmnist.training import TrainConfig
-from tests.test_app import FAKE_DRAWING, app, fake_canvas, goto, needs_data, runs_dir, texts  # noqa: F401
+from tests.test_app import FAKE_DRAWING, ROOT, app, fake_canvas, goto, needs_data, runs_dir, texts  # noqa: F401
+from tests.test_jobs import TINY, data, threads  # noqa: F401  (the job queue's fixtures)
 from tests.waits import wait_until
 
 pytestmark = pytest.mark.slow  # every test trains
-
-TINY = dict(arch="modern", widths=[4, 8, 8], epochs=1, batch_size=64, val_fraction=0.1)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return synthetic_dataset(n_train=400, n_test=100)
-
-
-@pytest.fixture
-def threads():
-    manager = JobManager(use_process=False, orphan_grace_s=0.3, poll_s=0.05, export=False)
-    yield manager
-    manager.shutdown(timeout=60)
 
 
 def test_bad_sweep_input_is_refused_before_anything_is_queued(threads, tmp_path):
@@ -131,6 +118,15 @@ def test_the_sweep_page_runs_a_sweep_and_uses_its_best_run(needs_data, app, runs
     assert final["run_dir"] == str(best) and final["sweep"]["best_value"] == max(r["value"] for r in rows)
     goto(app, "home")
     assert best.name in texts(app)  # the current model everywhere, after a page switch too
+    # a second tab (or a reload) opened from the URL finds the sweep again and watches it
+    from streamlit.testing.v1 import AppTest
+
+    tab = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    tab.query_params["sweep"] = sweep.id
+    tab.run()
+    goto(tab, "sweep")
+    assert tab.session_state["sweep_job_id"] == sweep.id and "Finished: 2 completed" in texts(tab)
+    assert tab.selectbox(key="sweep_study_pick").value == "apptest" and tab.dataframe
 
 
 def test_the_remote_backend_is_offered_with_a_serving_url_and_a_stopped_server_is_named(needs_data, app,

@@ -10,21 +10,18 @@ classify-remote.png and sweep.png (docs/app.md).
 
 from __future__ import annotations
 
-import io
-import os
 import re
 import time
 from pathlib import Path
 
 import pytest
 
-from tests import prereq
-from tests.test_browser import (ARGS, CHROMIUM, CLASSES, DATA_DIR, SHIPPED, assert_no_errors, known_item,
-                                open_page, photo_of, streamlit_server, sync_api, wait_idle)
+from tests.test_browser import (CLASSES, DATA_DIR, SHIPPED, assert_no_errors, browser, known_item,  # noqa: F401
+                                open_page, photo_of, streamlit_server, wait_idle)
+from tests.test_browser_explain import SHOTS, shot
 from tests.waits import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-SHOTS = os.environ.get("FMNIST_SCREENSHOTS")
 UPLOADER = "[data-testid='stFileUploaderDropzoneInput']"
 
 
@@ -47,32 +44,6 @@ def server(tmp_path_factory, model_server):
         yield info
 
 
-@pytest.fixture(scope="module")
-def browser():
-    prereq.require(CHROMIUM is not None, "Chromium")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-def shot(page, name: str, max_height: int = 2600) -> None:
-    """The whole main area (the viewport grown to its height), in 256 colours."""
-    if not SHOTS:
-        return
-    from PIL import Image
-
-    Path(SHOTS).mkdir(parents=True, exist_ok=True)
-    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-    page.set_viewport_size({"width": 1400, "height": min(max_height, max(1000, int(height)))})
-    wait_idle(page)
-    time.sleep(1.5)  # plotly charts finish drawing
-    image = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
-    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-        Path(SHOTS) / name, optimize=True)
-    page.set_viewport_size({"width": 1400, "height": 1000})
-
-
 def pick(page, key: str, option: str | re.Pattern) -> None:
     """Choose an option of the selectbox with widget key `key` (its list opens on a click)."""
     page.locator(f".st-key-{key} input[role='combobox']").click()
@@ -84,6 +55,7 @@ def upload(page, name: str, data: bytes) -> None:
     page.locator(UPLOADER).set_input_files(files=[{"name": name, "mimeType": "image/png", "buffer": data}])
 
 
+@pytest.mark.timeout(1500 if SHOTS else 300)  # with screenshots it also runs a default sweep (minutes)
 def test_classify_through_the_model_server_then_a_clear_message_when_it_stops(server, browser, model_server):
     from fmnist.backends import get_backend
     from fmnist.data import load_fashion_mnist
@@ -139,6 +111,12 @@ def sweep_screenshot(browser, server) -> None:
         assert_no_errors(page)  # "Cannot start: ..." or "Sweep failed: ...": at once, not after the deadline
         return done.count() > 0
 
+    progress = page.locator("[data-testid='stProgress']").filter(has_text=re.compile(r"[2-5]/6 trials done"))
+    wait_until(lambda: ended() or progress.count(), 900, "two trials of the default sweep", interval=1.0)
+    if progress.count():
+        assert "ETA" in progress.inner_text()
+        page.mouse.move(0, 0)
+        shot(page, "sweep-running.png", max_height=3000)
     wait_until(ended, 900, "the default sweep to finish", interval=1.0)
     print(f"default sweep: {time.monotonic() - t0:.0f} s, {done.inner_text()}")
     wait_idle(page)
@@ -150,5 +128,6 @@ def sweep_screenshot(browser, server) -> None:
     assert best in page.locator(".st-key-current_run input").input_value()
     assert page.locator(".st-key-sweep_fig_history .js-plotly-plot").count() == 1
     assert_no_errors(page)
+    page.mouse.move(0, 0)  # no tooltip over the picture
     shot(page, "sweep.png", max_height=3000)
     page.close()
