@@ -41,12 +41,17 @@ def test_bad_sweep_input_is_refused_before_anything_is_queued(threads, tmp_path)
 
 def test_stop_ends_the_trial_in_flight_and_keeps_nothing_torn(threads, data, tmp_path):
     storage = default_storage(tmp_path)
+    threads.set_session_checker(lambda sid: sid == "s")  # session "gone" closed its tab
     sweep = threads.submit_sweep("s", 3, preset="paper", epochs=200, study="stop", storage=storage,
                                  runs_root=tmp_path, dataset=data)
+    orphan = threads.submit_sweep("gone", 2, preset="paper", epochs=200, study="stop", storage=storage,
+                                  runs_root=tmp_path, dataset=data)
     wait_until(lambda: sweep.snapshot()["last_batch"] or not sweep.snapshot()["active"], 120,
                "the first trial's first batch")
     current = sweep.snapshot()["sweep"]["current"]
     assert current is not None and current["number"] == 0 and current["params"]
+    # a queued sweep nobody watches any more is cancelled after the grace (0.3 s here), like a training
+    assert threads.wait(orphan.id, 30)["status"] == "cancelled"
     sweep.stop()
     final = threads.wait(sweep.id, 120)
     assert final["status"] == "stopped" and "(stopped)" in final["message"], final["message"]
