@@ -78,7 +78,7 @@ def job_line(snap: dict) -> str:
     """One line about a job's state, for the sidebar and the Train page."""
     status = snap["status"]
     if status == "queued":
-        return f"Queued: position {snap['queue_position']} (one training runs at a time on this server)"
+        return f"Queued: position {snap['queue_position']} (one training or sweep runs at a time on this server)"
     if status == "starting":
         return "Starting the training process..."
     if status == "running":

@@ -297,7 +297,7 @@ def others_note(own_id: str | None) -> None:
     def note():
         now = [j for j in _session.job_manager().active_jobs() if j.id != own_id]
         if now:
-            st.caption(f"{len(now)} training job(s) from other sessions are queued or running on this server "
+            st.caption(f"{len(now)} training or sweep job(s) from other sessions are queued or running on this server "
                        "(one runs at a time); a training you start now waits its turn.")
         elif others:
             st.rerun(scope="app")

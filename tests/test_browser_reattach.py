@@ -122,7 +122,7 @@ def test_reload_after_page_switch_keeps_the_training(server, browser):
     assert page.locator(".st-key-train_custom_epochs input").input_value() == "8"
     page.get_by_text("Settings of the running training").click()  # collapsed while it runs
     assert page.locator(".st-key-train_custom_epochs input").is_disabled()
-    assert page.get_by_text(re.compile("training job\\(s\\) from other sessions")).count() == 0
+    assert page.get_by_text(re.compile("job\\(s\\) from other sessions")).count() == 0
     # outlive the orphan grace (4 s) since the reload: the old session is gone for good, and the
     # job must still be running here, then finish `completed` below
     time.sleep(max(0.0, reloaded + 6 - time.monotonic()))

@@ -70,6 +70,10 @@ def test_every_train_flag_reaches_config_json(real_data_dir, tmp_path):
                   "--precision", "bfloat16", "--tensorboard", "--no-export",
                   "--data-dir", str(real_data_dir), "--runs-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    from fmnist.openvino_ir import supports_bf16
+
+    # bfloat16 on a CPU without native bf16 is several times slower: the command says so
+    assert ("no native bfloat16" in proc.stderr) == (not supports_bf16())
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
     config = json.loads((run_dir / "config.json").read_text())
     assert config == {
