@@ -144,7 +144,7 @@ FIXED = {"width_scale": 0.5, "batch_size": 128}
 
 def sweep_command(tmp_path: Path, data_dir: Path, trials: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "fmnist", "sweep", "--trials", str(trials), "--limit", "3000", "--epochs", "2",
-            "--study", "pair", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(data_dir),
+            "--study", "pair", "--preset", "paper", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(data_dir),
             *(f"--fix={k}={v}" for k, v in FIXED.items()), *extra]
 
 
