@@ -92,8 +92,10 @@ def run_json(runs: Path, name: str, file: str = "status.json") -> dict:
 def test_reload_after_page_switch_keeps_the_training(server, browser):
     page = open_page(browser, f"{server['url']}/train")
     t0 = time.monotonic()
-    # long enough (about 30 s here) to still be running well past the orphan grace after the reload
-    start_custom(page, epochs=8, limit=3000, batch=32, widths="8,16,32")
+    # long enough (about 45 s here) to still be running well past the orphan grace after the reload,
+    # also when the reloaded page takes a while to render on a loaded machine (8 epochs once ended
+    # before the reloaded page showed its progress)
+    start_custom(page, epochs=12, limit=3000, batch=32, widths="8,16,32")
     first_text = wait_until(lambda: page.locator("[data-testid='stProgress']").all_inner_texts(), 60,
                             "the progress bar after Start")
     assert "since Start" in first_text[0] or "step" in first_text[0], first_text  # says what happens
@@ -119,7 +121,7 @@ def test_reload_after_page_switch_keeps_the_training(server, browser):
     # the form shows the running job's own settings, locked
     assert page.locator(".st-key-train_preset input[type=radio]:checked").evaluate(
         "el => el.closest('label').innerText.trim()") == "custom"
-    assert page.locator(".st-key-train_custom_epochs input").input_value() == "8"
+    assert page.locator(".st-key-train_custom_epochs input").input_value() == "12"
     page.get_by_text("Settings of the running training").click()  # collapsed while it runs
     assert page.locator(".st-key-train_custom_epochs input").is_disabled()
     assert page.get_by_text(re.compile("job\\(s\\) from other sessions")).count() == 0
