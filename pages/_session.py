@@ -1,13 +1,15 @@
-"""This session and its training job: the session id, the server's job queue, and finding this
-session's job again after a reload, a second tab or a reconnection (the job id lives in the URL)."""
+"""This session and its jobs (a training, a sweep): the session id, the server's job queue, finding
+this session's jobs again after a reload, a second tab or a reconnection (their ids live in the URL),
+polling a job and the lines that describe it."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import streamlit as st
 
-from pages._selection import RUN_KEY
+from pages._selection import RUN_KEY, remember_in_url
 
 
 def session_id() -> str:
@@ -41,26 +43,56 @@ def job_manager():
     return _job_manager_resource()
 
 
-def current_job():
-    """This session's latest job. The job id lives in the URL (`?job=`) of every page, so a reload,
-    a second tab opened from that URL or a reconnection finds the job again and watches it."""
+JOBS = {"train": ("job_id", "job"), "sweep": ("sweep_job_id", "sweep")}  # kind: (session state key, URL parameter)
+LIVE_REFRESH_S = 2.0  # how often a job's status is polled while it is queued or running
+
+
+def current_job(kind: str = "train"):
+    """This session's latest job of a kind ("train" or "sweep", fmnist.jobs), watched by this session.
+    Its id lives in the URL of every page (`?job=` for a training, `?sweep=` for a sweep), so a reload,
+    a second tab opened from that URL or a reconnection finds the job again; an id the server no
+    longer knows (it restarted, or the job was long forgotten) is dropped from the URL."""
+    key, param = JOBS[kind]
     manager = job_manager()
-    sid = session_id()
-    wanted = st.query_params.get("job")
-    if wanted and st.session_state.get("job_id") != wanted:
-        if manager.get(wanted) is not None:
-            st.session_state["job_id"] = wanted
-        else:  # an old link (the server restarted, or the job was long forgotten): nothing to find
-            del st.query_params["job"]
-    job = manager.get(st.session_state.get("job_id"))
+    wanted = st.query_params.get(param)
+    if wanted and st.session_state.get(key) != wanted:
+        found = manager.get(wanted)
+        if found is not None and found.kind == kind:
+            st.session_state[key] = wanted
+        else:
+            del st.query_params[param]
+    job = manager.get(st.session_state.get(key))
     if job is None:
         return None
-    manager.attach(job.id, sid)
-    if st.query_params.get("job") != job.id:
-        st.query_params["job"] = job.id  # page switches drop query parameters: put it back
-    if job.snapshot()["active"]:
-        st.session_state["job_seen_active"] = job.id
+    manager.attach(job.id, session_id())
+    remember_in_url(param, job.id)  # page switches drop query parameters: put it back
+    if kind == "train" and job.snapshot()["active"]:
+        st.session_state["job_seen_active"] = job.id  # for select_finished_run
     return job
+
+
+def own_job(job) -> None:
+    """A job this session just submitted becomes its current job of that kind (session state and URL)."""
+    key, param = JOBS[job.kind]
+    st.session_state[key] = job.id
+    st.query_params[param] = job.id
+
+
+def watch_job(job_id: str, active: bool, render, every: float = LIVE_REFRESH_S) -> None:
+    """Draw a job with render(snapshot) in a fragment that polls it every `every` seconds while it
+    is active; when it ends, the whole app reruns (buttons, run lists and the sidebar catch up)."""
+
+    @st.fragment(run_every=every if active else None)
+    def poll():
+        job = job_manager().get(job_id)
+        if job is None:
+            return
+        snap = job.snapshot()
+        render(snap)
+        if active and not snap["active"]:
+            st.rerun(scope="app")
+
+    poll()
 
 
 def select_finished_run(job) -> None:
@@ -74,13 +106,34 @@ def select_finished_run(job) -> None:
         st.session_state["job_run_selected"] = job.id
 
 
+def fmt_seconds(seconds: float | None) -> str:
+    """A duration as m:ss, or h:mm:ss from an hour; "?" when unknown."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
 def job_line(snap: dict) -> str:
-    """One line about a job's state, for the sidebar and the Train page."""
-    status = snap["status"]
+    """One line about a training's or a sweep's state, for the sidebar and the Train and Sweep pages."""
+    status, sweep = snap["status"], snap["kind"] == "sweep"
     if status == "queued":
         return f"Queued: position {snap['queue_position']} (one training or sweep runs at a time on this server)"
     if status == "starting":
-        return "Starting the training process..."
+        return f"Starting the {'sweep' if sweep else 'training'} process..."
+    if status in ("failed", "cancelled"):
+        return f"{status.capitalize()}: {snap['message']}"
+    if sweep:
+        from fmnist.jobs import sweep_progress
+
+        progress = sweep_progress(snap)
+        best = progress["best_value"]
+        best_text = f" · best {best:.2%}" if isinstance(best, float) else ""
+        if status == "running":
+            eta_text = f" · ETA {fmt_seconds(progress['eta_s'])}" if progress["eta_s"] is not None else ""
+            return f"Running: {progress['done']}/{progress['total']} trials done{best_text}{eta_text}"
+        return f"{'Finished' if status == 'completed' else 'Stopped'}: {snap['message']}{best_text}"
     if status == "running":
         last, start = snap["last_batch"], snap["start"]
         if not last:
@@ -92,11 +145,7 @@ def job_line(snap: dict) -> str:
     if status == "completed":
         acc = snap.get("test_accuracy")
         return f"Finished: test accuracy {acc:.2%}" if isinstance(acc, float) else "Finished"
-    if status == "stopped":
-        return f"Stopped: {snap['message'] or 'best weights kept'}"
-    if status == "failed":
-        return f"Failed: {snap['message']}"
-    return f"Cancelled: {snap['message']}"
+    return f"Stopped: {snap['message'] or 'best weights kept'}"
 
 
 PLACED_KEY = "placed_inputs"  # this session's uploads and drawing on each run's feature map

@@ -8,54 +8,10 @@ from pages import _resources, _selection, _session, _warmup
 from pages._selection import BACKEND_KEY, RUN_KEY
 
 
-SWEEP_KEY, SWEEP_PARAM = "sweep_job_id", "sweep"  # this session's sweep job: session state and URL
-
-
-def current_sweep():
-    """This session's latest sweep job (fmnist.jobs, kind "sweep"), watched by this session. Its id
-    lives in the URL (`?sweep=`) beside the training's `?job=`, so a reload, a second tab or a
-    reconnection finds it again; an id the server no longer knows is dropped from the URL."""
-    manager = _session.job_manager()
-    wanted = st.query_params.get(SWEEP_PARAM)
-    if wanted and st.session_state.get(SWEEP_KEY) != wanted:
-        found = manager.get(wanted)
-        if found is not None and found.kind == "sweep":
-            st.session_state[SWEEP_KEY] = wanted
-        else:
-            del st.query_params[SWEEP_PARAM]
-    job = manager.get(st.session_state.get(SWEEP_KEY))
-    if job is None:
-        return None
-    manager.attach(job.id, _session.session_id())
-    _selection.remember_in_url(SWEEP_PARAM, job.id)  # page switches drop query parameters: put it back
-    return job
-
-
-def sweep_line(snap: dict) -> str:
-    """One line about a sweep job, for the sidebar and the Sweep page."""
-    from fmnist.jobs import sweep_progress
-
-    status = snap["status"]
-    if status == "queued":
-        return f"Queued: position {snap['queue_position']} (one training or sweep runs at a time on this server)"
-    if status == "starting":
-        return "Starting the sweep process..."
-    if status in ("failed", "cancelled"):
-        return f"{status.capitalize()}: {snap['message']}"
-    progress = sweep_progress(snap)
-    best = progress["best_value"]
-    best_text = f" · best {best:.2%}" if isinstance(best, float) else ""
-    if status == "running":
-        eta = progress["eta_s"]
-        eta_text = f" · ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else ""
-        return f"Running: {progress['done']}/{progress['total']} trials done{best_text}{eta_text}"
-    return f"{'Finished' if status == 'completed' else 'Stopped'}: {snap['message']}{best_text}"
-
-
 def sidebar() -> None:
     """Current run and backend, shared by every page, and this session's training and sweep status."""
-    job = _session.current_job()
-    sweep = current_sweep()
+    job = _session.current_job("train")
+    sweep = _session.current_job("sweep")
     if job is not None:
         _session.select_finished_run(job)
     for key, param in ((RUN_KEY, "run"), (BACKEND_KEY, "backend")):
@@ -84,28 +40,14 @@ def sidebar() -> None:
                              if "remote" in backends else ""))
         _selection.remember_in_url("run", st.session_state.get(RUN_KEY))
         _selection.remember_in_url("backend", st.session_state.get(BACKEND_KEY))
-        if job is not None:
-            _job_status(job.id, job.snapshot()["active"])
-        if sweep is not None:
-            _job_status(sweep.id, sweep.snapshot()["active"])
+        for shown in (job, sweep):
+            if shown is not None:  # polled while active; its end reruns the app (run lists everywhere)
+                _session.watch_job(shown.id, shown.snapshot()["active"], _job_status)
 
 
-def _job_status(job_id: str, active: bool) -> None:
-    @st.fragment(run_every=2.0 if active else None)
-    def status_box():
-        job = _session.job_manager().get(job_id)
-        if job is None:
-            return
-        snap = job.snapshot()
-        sweep = snap["kind"] == "sweep"
-        st.markdown("### Sweep" if sweep else "### Training")
-        st.caption(sweep_line(snap) if sweep else _session.job_line(snap))
-        if active and not snap["active"]:
-            st.session_state["job_finished_seen"] = job_id
-            st.rerun(scope="app")  # refresh run lists everywhere
-
-    with st.sidebar:
-        status_box()
+def _job_status(snap: dict) -> None:
+    st.markdown("### Sweep" if snap["kind"] == "sweep" else "### Training")
+    st.caption(_session.job_line(snap))
 
 
 def _on_backend_change() -> None:

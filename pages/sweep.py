@@ -13,7 +13,7 @@ import streamlit as st
 from fmnist.config import PRESETS, TrainConfig
 from fmnist.jobs import SWEEP_TRIALS, sweep_progress
 from fmnist.sweep import SEARCH_SPACE, best_run, default_storage, list_studies, study_figures, study_rows
-from pages import _navigation, _resources, _selection, _session, _sidebar
+from pages import _navigation, _resources, _selection, _session
 
 _navigation.ensure_navigation()
 
@@ -68,13 +68,6 @@ def mirror_job(config: dict) -> None:
             st.session_state[f"sweep_{name}"] = config[name]
 
 
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
 def progress_text(snap: dict, progress: dict) -> str:
     """The progress bar's line: trials done, the trial in flight, the ETA."""
     text = f"{progress['done']}/{progress['total']} trials done"
@@ -85,20 +78,16 @@ def progress_text(snap: dict, progress: dict) -> str:
             text += f", epoch {last['epoch']}/{snap['config'].get('epochs') or '?'}"
     elif snap["status_message"]:
         text += f" · {snap['status_message']}"
-    return text + f" · ETA {fmt_seconds(progress['eta_s'])}"
+    return text + f" · ETA {_session.fmt_seconds(progress['eta_s'])}"
 
 
 def job_panel(job_id: str, active: bool) -> None:
-    """This session's sweep: progress while it runs, its outcome once it ends."""
+    """This session's sweep: progress while it runs, its outcome once it ends (then the page reruns:
+    the buttons and the run list catch up)."""
 
-    @st.fragment(run_every=LIVE_REFRESH_S if active else None)
-    def panel():
-        job = _session.job_manager().get(job_id)
-        if job is None:
-            return
-        snap = job.snapshot()
+    def panel(snap: dict) -> None:
         progress = sweep_progress(snap)
-        line = _sidebar.sweep_line(snap)
+        line = _session.job_line(snap)
         status = snap["status"]
         if status == "queued":
             st.info(line, icon=":material/hourglass_top:")
@@ -115,10 +104,8 @@ def job_panel(job_id: str, active: bool) -> None:
             st.error(f"Sweep failed: {snap['message']}", icon=":material/error:")
         else:
             st.info(line)
-        if active and not snap["active"]:
-            st.rerun(scope="app")  # the sweep ended: refresh the buttons and the run list
 
-    panel()
+    _session.watch_job(job_id, active, panel, every=LIVE_REFRESH_S)
 
 
 def study_ui(studies: list[str]) -> str | None:
@@ -218,7 +205,7 @@ def use_best_run(study: str, where: str) -> None:
 st.title("Sweep hyperparameters")
 st.caption("An Optuna study tries settings of the training one trial at a time, prunes trials whose validation "
            "accuracy falls behind, and keeps every finished trial as a run. The defaults finish in a few minutes.")
-job = _sidebar.current_sweep()
+job = _session.current_job("sweep")
 snap = job.snapshot() if job is not None else None
 busy = bool(snap and snap["active"])
 with st.expander("What a trial changes (the search space)"):
@@ -243,9 +230,8 @@ if dataset is not None:
     except (ValueError, RuntimeError) as exc:
         st.error(f"Cannot start: {exc}")
     else:
-        st.session_state[_sidebar.SWEEP_KEY] = job.id
+        _session.own_job(job)
         st.session_state["sweep_form_job"] = job.id
-        st.query_params[_sidebar.SWEEP_PARAM] = job.id
         st.session_state.pop(PICK_KEY, None)  # show the new sweep's study
         st.rerun()
 if stop_clicked and job is not None:

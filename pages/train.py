@@ -5,7 +5,6 @@ page only submits, polls the job's snapshot in a fragment and renders it. Clicki
 leaving the page does not touch the job.
 """
 
-import math
 import time
 
 import streamlit as st
@@ -158,14 +157,6 @@ def layer_rows(arch: str, widths: tuple, dropout: tuple) -> list[dict]:
             for r in describe_layers(arch, widths=list(widths), dropout=list(dropout))]
 
 
-def fmt_seconds(seconds: float) -> str:
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
-
-
 # Every refresh costs the server, and above all the browser redrawing plotly charts, CPU that the
 # training needs (measured on 2 cores: the Train page open with 1 s refreshes of everything halved
 # the training's images/s). Progress and metrics refresh every 2 s, the charts every 6 s.
@@ -188,7 +179,8 @@ def progress_text(snap: dict) -> str:
         return f"{(snap['status_message'] or 'starting').capitalize()}... ({waited:.0f} s since Start)"
     frac = last["global_step"] / max(last["total_steps"], 1)
     text = (f"Epoch {last['epoch']}/{start.get('epochs', '?')} · step {last['global_step']:,}/"
-            f"{last['total_steps']:,} · ETA {fmt_seconds(last['eta_s'])} · {last['images_per_s']:,.0f} images/s")
+            f"{last['total_steps']:,} · ETA {_session.fmt_seconds(last['eta_s'])} · "
+            f"{last['images_per_s']:,.0f} images/s")
     if (frac >= 1 or snap["stop_requested"]) and snap["status_message"] not in ("", "training"):
         text += f" · {snap['status_message']}"
     return text
@@ -222,14 +214,10 @@ def saved_summary(snap: dict) -> None:
 
 
 def live_panel(job_id: str, active: bool) -> None:
-    """Polls the job while it is active; renders progress, charts and the outcome."""
+    """Polls the job while it is active; renders progress, charts and the outcome (then the page
+    reruns: the buttons, the charts and the run list catch up)."""
 
-    @st.fragment(run_every=LIVE_REFRESH_S if active else None)
-    def panel():
-        job = _session.job_manager().get(job_id)
-        if job is None:
-            return
-        snap = job.snapshot()
+    def panel(snap: dict) -> None:
         status, last = snap["status"], snap["last_batch"]
         line = _session.job_line(snap)
         if status == "queued":
@@ -263,8 +251,6 @@ def live_panel(job_id: str, active: bool) -> None:
             val = [e for e in snap["epochs"] if e.get("val_accuracy") is not None and not e.get("partial")]
             m[2].metric("Validation accuracy", f"{val[-1]['val_accuracy']:.2%}" if val else "after epoch 1")
             m[3].metric("Throughput", f"{last['images_per_s']:,.0f} img/s")
-        if active and not snap["active"]:
-            st.rerun(scope="app")  # the job ended: refresh the buttons, the charts and the run list
 
     @st.fragment(run_every=CHART_REFRESH_S if active else None)
     def chart_panel():
@@ -284,7 +270,7 @@ def live_panel(job_id: str, active: bool) -> None:
             c1.plotly_chart(charts.epoch_figure(epochs, "accuracy"), key="live_epoch_acc")
             c2.plotly_chart(charts.epoch_figure(epochs, "loss"), key="live_epoch_loss")
 
-    panel()
+    _session.watch_job(job_id, active, panel, every=LIVE_REFRESH_S)
     chart_panel()
 
 
@@ -307,7 +293,7 @@ def others_note(own_id: str | None) -> None:
 
 st.title("Train a model")
 top = st.container()  # the job's buttons, progress and outcome come first once there is a job
-job = _session.current_job()
+job = _session.current_job("train")
 snap = job.snapshot() if job is not None else None
 busy = bool(snap and snap["active"])
 if job is not None and ((busy and st.session_state.get("train_form_job") != job.id)
@@ -350,9 +336,8 @@ if start_clicked and config is not None and not busy:
     except (ValueError, RuntimeError) as exc:
         st.error(f"Cannot start: {exc}")
     else:
-        st.session_state["job_id"] = job.id
+        _session.own_job(job)
         st.session_state["train_form_job"] = job.id
-        st.query_params["job"] = job.id
         st.rerun()
 if stop_clicked and job is not None:
     job.stop()
