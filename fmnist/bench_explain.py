@@ -9,6 +9,10 @@ and `explain` use them.
   drawn digits vs Fashion-MNIST items, hat photos vs real photos of the ten classes, noise and plain
   colours; thresholds are chosen on the validation split only (single scores: 5% of it flagged), then
   the flagged fractions are reported for every set (the test set is measured, never tuned on).
+* The outlier-exposure detector (fmnist.trust with development photos), cross-validated: it is
+  trained on the very sets it is measured on (hats, digits, noise against training items and real
+  photos), so each item is scored by a detector fitted on the other four folds; validation and test
+  items are never trained on. The combined score then uses each fold's own validation threshold.
 * Nearest neighbours: for correctly classified test items, how often the nearest training image (in
   feature space) has the same label.
 * Occlusion: p50 latency of one image's map through a backend (OpenVINO FP32 by default).
@@ -24,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from fmnist.devsets import SHARED_DATA, drawn_digits, noise_and_plain, photo_inputs
+
 FLAG_FRACTION = 0.05  # of held-out Fashion-MNIST validation items called unfamiliar, for single scores
 REDUCED_DIMS = (16, 32)
 
@@ -42,59 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-limit", type=int, default=0,
                         help="use this many training items for the feature statistics (0: all)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Every image file below `folder`, sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
-
-
-def photo_inputs(folder: Path) -> np.ndarray:
-    """Model inputs (N, 28, 28) uint8 of every photo below `folder`, through the app's photo pipeline;
-    files the pipeline refuses are left out."""
-    from fmnist.preprocess import PreprocessError, load_for_model
-
-    out = []
-    for path in image_files(folder):
-        try:
-            out.append(load_for_model(path).input)
-        except PreprocessError:
-            continue
-    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
-
-
-def drawn_digits(seed: int = 0) -> np.ndarray:
-    """Digits as a user would draw them on the canvas, through the app's drawing pipeline: scikit-learn's
-    1,797 handwritten digits (8x8, scaled up) and 0-9 rendered in every DejaVu font found."""
-    from PIL import Image, ImageDraw, ImageFont
-    from sklearn.datasets import load_digits
-
-    from fmnist.preprocess import prepare_drawing
-
-    canvases = []
-    for digit in load_digits().images:  # 0..16 ink on white
-        ink = np.asarray(Image.fromarray((digit * 255 / 16).astype(np.uint8)).resize((96, 96), Image.BILINEAR))
-        canvases.append(255 - ink)
-    fonts = sorted(Path("/usr/share/fonts/truetype").rglob("*.ttf"))
-    for font_path in fonts:
-        font = ImageFont.truetype(str(font_path), 120)
-        for d in "0123456789":
-            canvas = Image.new("L", (200, 200), 255)
-            ImageDraw.Draw(canvas).text((40, 10), d, fill=0, font=font)
-            canvases.append(np.asarray(canvas))
-    return np.stack([prepare_drawing(np.repeat(c[..., None], 3, axis=2)).input for c in canvases])
-
-
-def noise_and_plain(n: int = 200, seed: int = 0) -> np.ndarray:
-    """Uniform noise, blurred noise and plain grey levels: inputs that are no garment at all."""
-    from scipy.ndimage import gaussian_filter
-
-    rng = np.random.default_rng(seed)
-    noise = rng.integers(0, 256, size=(n, 28, 28))
-    blurred = np.stack([gaussian_filter(rng.uniform(0, 255, (28, 28)), 2.0) for _ in range(n)])
-    blurred = (blurred - blurred.min(axis=(1, 2), keepdims=True)) * 255 / np.ptp(blurred, axis=(1, 2), keepdims=True)
-    plain = np.repeat(np.linspace(20, 255, 32)[:, None, None], 28, axis=1).repeat(28, axis=2)
-    return np.concatenate([noise, blurred, plain]).astype(np.uint8)
 
 
 def occlusion_p50_ms(predictor, image: np.ndarray, repeats: int = 30) -> float:
@@ -196,6 +147,9 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
             report["calibration_by_backend"][name]["ece_stored_temperature"] = cal.expected_calibration_error(
                 cal.apply_temperature(test_answers, stored.temperature), dataset.y_test)
 
+    progress("outlier-exposure detector, cross-validated")
+    report["detector_cv"] = detector_figures(model, early, splits, feats, train, early_gaussian, scores)
+
     correct = test_probs.argmax(axis=1) == dataset.y_test
     progress("nearest training items of the test set")
     nearest, _ = fam.nearest_neighbours(train["penultimate"], feats["test"]["penultimate"][correct], k=1)
@@ -223,6 +177,56 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
     return report
 
 
+def detector_figures(model, early: str, splits, feats: dict, train: dict, early_gaussian, scores: dict,
+                     folds: int = 5) -> dict:
+    """Cross-validated AUROC and flagged fractions of the detector alone and of the combined score the
+    way fmnist.trust builds it (detector, k-NN on the 16-dimensional reference, first stage)."""
+    from fmnist import familiarity as fam
+    from fmnist import trust
+    from fmnist.data import stratified_limit
+    from fmnist.explain import feature_sets
+
+    keep = stratified_limit(splits.y_train, trust.DETECTOR_TRAIN_ITEMS, 0)
+    items = feature_sets(model, splits.x_train[keep], [early])
+    inputs = {k: fam.detector_inputs(f["penultimate"], f[early]) for k, f in {**feats, "training_items": items}.items()}
+    familiar = {k: inputs[k] for k in ("training_items", "clothing_photos", "product_photos") if len(inputs[k])}
+    unfamiliar = {k: inputs[k] for k in ("digits", "noise", "hats") if len(inputs[k])}
+    cv = fam.cross_validated_detector(familiar, unfamiliar, {"val": inputs["val"], "test": inputs["test"]},
+                                      folds, trust.DETECTOR_STRENGTH)
+    projection = fam.fit_projection(train["penultimate"], trust.DIMS)
+    reference = fam.project(projection, train["penultimate"]).astype(np.float16)
+    knn = {k: fam.nearest_neighbours(reference, fam.project(projection, f["penultimate"]), k=trust.KNN_K)[1][:, -1]
+           for k, f in {**feats, "training_items": items}.items()}
+    first = {**scores[f"mahalanobis_{early}"], "training_items": fam.mahalanobis_score(early_gaussian, items[early])}
+    fractions = trust.DETECTOR_FLAG_FRACTIONS
+    thresholds = {"knn": fam.choose_threshold(knn["val"], fractions["knn"]),
+                  "first_stage": fam.choose_threshold(first["val"], fractions["first_stage"])}
+    combined, detector_flagged = {}, {}
+    for name in list(familiar) + list(unfamiliar) + ["val", "test"]:
+        if name in cv["scores"]:  # each item scored by the fold that held it out, over that fold's threshold
+            fold_thresholds = np.array([fam.choose_threshold(o["val"], fractions["detector"]) for o in cv["others"]])
+            det = cv["scores"][name] / fold_thresholds[cv["fold"][name]]
+        else:  # validation/test: every fold's detector scores every item; the folds' mean
+            det = np.mean([o[name] / fam.choose_threshold(o["val"], fractions["detector"]) for o in cv["others"]], axis=0)
+        combined[name] = np.maximum(det, np.maximum(knn[name] / thresholds["knn"], first[name] / thresholds["first_stage"]))
+        detector_flagged[name] = float(np.mean(det > 1.0))
+    photos = [k for k in ("clothing_photos", "product_photos") if k in combined]
+
+    def aurocs(by_set: dict[str, np.ndarray]) -> dict:
+        found = {"digits_vs_test": fam.auroc(by_set["test"], by_set["digits"]),
+                 "noise_vs_test": fam.auroc(by_set["test"], by_set["noise"])}
+        if "hats" in by_set and photos:
+            found["hats_vs_real_photos"] = fam.auroc(np.concatenate([by_set[k] for k in photos]), by_set["hats"])
+            found.update({f"hats_vs_{k}": fam.auroc(by_set[k], by_set["hats"]) for k in photos})
+        return found
+
+    detector_scores = {**cv["scores"], **{k: np.mean([o[k] for o in cv["others"]], axis=0) for k in ("val", "test")}}
+    return {"folds": folds, "sizes": {k: int(len(v)) for k, v in {**familiar, **unfamiliar}.items()},
+            "flag_fractions": fractions,
+            "detector": {"auroc": aurocs(detector_scores), "flagged": detector_flagged},
+            "combined": {"auroc": aurocs(combined), "flagged": {k: fam.flagged_fraction(v, 1.0) for k, v in combined.items()}}}
+
+
 def format_report(report: dict) -> str:
     """The figures as aligned text."""
     lines = [f"run: {report['run']}", "items: " + ", ".join(f"{k} {v:,}" for k, v in report["sizes"].items()), ""]
@@ -244,6 +248,13 @@ def format_report(report: dict) -> str:
     lines += [f"reduced reference, PCA {dims} float16 ({r['megabytes']:.1f} MB): nearest same label "
               f"{r['neighbours_same_label']:.2%}, k-NN AUROC digits/test {r['knn_auroc_digits_vs_test']:.4f}, "
               f"hats/real photos {r['knn_auroc_hats_vs_real_photos']:.4f}" for dims, r in report["reduced_reference"].items()]
+    if "detector_cv" in report:
+        d = report["detector_cv"]
+        lines.append(f"outlier-exposure detector, {d['folds']}-fold cross-validated on "
+                     + ", ".join(f"{k} {v:,}" for k, v in d["sizes"].items()) + f"; flag fractions {d['flag_fractions']}")
+        for part in ("detector", "combined"):
+            lines.append(f"  {part:9s} AUROC " + "  ".join(f"{k} {v:.4f}" for k, v in d[part]["auroc"].items()))
+            lines.append(f"  {'':9s} flagged " + ", ".join(f"{k} {v:.1%}" for k, v in d[part]["flagged"].items()))
     lines += [f"occlusion map of one image, {k}: {v:.1f} ms p50" for k, v in report["occlusion_p50_ms"].items()]
     return "\n".join(lines)
 

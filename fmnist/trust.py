@@ -8,11 +8,14 @@ What is stored (`trust/trust.json` + `trust/reference.npz`, about 2 MB for 54,00
   not one per IR: the issue asks that all backends report the same calibrated probabilities, FP32's
   answers equal Keras's within 1e-3, and INT8's own T (0.61 vs 0.67 on the shipped model) would make
   the same image's calibrated probability depend on the backend.
-* **unfamiliar score** (higher = less like Fashion-MNIST): the larger of two distances, each over its
+* **unfamiliar score** (higher = less like Fashion-MNIST): the largest of its signals, each over its
   own threshold chosen on the validation split (never the test set): the distance to the 50th nearest
-  training item in a 16-dimensional PCA of the L2-normalised penultimate features (content), and the
+  training item in a 16-dimensional PCA of the L2-normalised penultimate features (content), the
   Mahalanobis distance of the first stage's mean activations to the nearest class (strokes, texture,
-  noise). Over 1.0 = unfamiliar.
+  noise), and, where the development photos were at hand when the bundle was computed
+  (`python -m fmnist.trust --photos-dir`), a linear detector trained by outlier exposure on the same
+  features (`familiarity.fit_detector`: hats, drawn digits and noise against training items and real
+  photos of the ten classes). Over 1.0 = unfamiliar.
 * **reference**: the projection (PCA mean and components), the training items' projected features in
   float16, their labels and their indices in the official training set, for nearest neighbours.
 
@@ -33,13 +36,20 @@ import numpy as np
 BUNDLE = "trust"
 INFO_FILE = "trust.json"
 REFERENCE_FILE = "reference.npz"
-FORMAT = "fmnist-trust/1"
+FORMAT = "fmnist-trust/2"
+FORMATS = ("fmnist-trust/1", FORMAT)  # /1: no detector
 KNN_K = 50  # the 50th nearest: a little steadier on real photos than the 10th (hats vs photos 0.837 vs 0.830)
 DIMS = 16
 # fraction of validation items over each signal's threshold (k-NN, first stage), picked on the
 # development sets with the shipped model (digits >= 90%, hats >= 60%, product photos <= 10% flagged;
 # docs/explain.md), never on the test set
 FLAG_FRACTIONS = {"knn": 0.0075, "first_stage": 0.003}
+# with the outlier-exposure detector, which carries most of the weight; chosen the same way from the
+# detector's cross-validated figures (bench explain), never on the test set
+DETECTOR_FLAG_FRACTIONS = {"detector": 0.006, "knn": 0.002, "first_stage": 0.002}
+DETECTOR_STRENGTH = 1.0  # scikit-learn's C for the detector's logistic regression
+DETECTOR_TRAIN_ITEMS = 6000  # training items (not validation: thresholds are chosen there) on its familiar side
+SIGNALS = ("detector", "knn", "first_stage")
 REFERENCE_ARRAYS = ("mean", "components", "reference", "labels", "train_index", "first_means",
                     "first_precision")
 
@@ -61,15 +71,20 @@ class Trust:
     train_index: np.ndarray  # (N,) index of each reference row in the official training set
     first_stage: object  # familiarity.GaussianModel
     info: dict
+    detector: object = None  # familiarity.LinearDetector, or None (computed without development photos)
 
 
 def _flip_averaged(probs: np.ndarray, flipped: np.ndarray) -> np.ndarray:
     return 0.5 * (probs + flipped)
 
 
-def compute(run_dir: str | Path, dataset, progress=lambda text: None) -> dict[str, bytes]:
+def compute(run_dir: str | Path, dataset, progress=lambda text: None,
+            photos_dir: str | Path | None = None) -> dict[str, bytes]:
     """The trust bundle's files for a run ({"trust/trust.json": bytes, "trust/reference.npz": bytes}),
-    from its Keras model and its own train/validation split of `dataset` (test set untouched)."""
+    from its Keras model and its own train/validation split of `dataset` (test set untouched).
+
+    photos_dir: where the development photo folders are (`fmnist.devsets`); when it holds photos of
+    both sides, the outlier-exposure detector is fitted too (about 2 minutes more). None: no detector."""
     from fmnist import calibration as cal
     from fmnist import familiarity as fam
     from fmnist.config import TrainConfig
@@ -100,14 +115,20 @@ def compute(run_dir: str | Path, dataset, progress=lambda text: None) -> dict[st
     projection = fam.fit_projection(train["penultimate"], DIMS)
     reference = fam.project(projection, train["penultimate"]).astype(np.float16)
     gaussian = fam.fit_gaussian(train[first], splits.y_train)
+    detector, detector_info = None, None
+    if photos_dir is not None:
+        detector, detector_info = _fit_detector(model, first, splits, photos_dir, progress)
+    fractions = DETECTOR_FLAG_FRACTIONS if detector is not None else FLAG_FRACTIONS
     val_signals = {"knn": fam.nearest_neighbours(reference, fam.project(projection, val["penultimate"]),
                                                  k=KNN_K)[1][:, -1],
                    "first_stage": fam.mahalanobis_score(gaussian, val[first])}
-    thresholds = {k: fam.choose_threshold(v, FLAG_FRACTIONS[k]) for k, v in val_signals.items()}
+    if detector is not None:
+        val_signals["detector"] = fam.detector_score(detector, fam.detector_inputs(val["penultimate"], val[first]))
+    thresholds = {k: fam.choose_threshold(v, fractions[k]) for k, v in val_signals.items()}
     val_score = fam.combined_score(val_signals, thresholds)
     info = {
         "format": FORMAT, "temperature": temperature, "thresholds": thresholds, "knn_k": KNN_K,
-        "dims": DIMS, "first_stage_layer": first, "flag_fractions": FLAG_FRACTIONS,
+        "dims": DIMS, "first_stage_layer": first, "flag_fractions": fractions, "detector": detector_info,
         "tta_flip": bool(config.tta_flip),
         "validation": {"items": int(len(splits.y_val)),
                        "ece_uncalibrated": cal.expected_calibration_error(val_probs, splits.y_val),
@@ -118,17 +139,45 @@ def compute(run_dir: str | Path, dataset, progress=lambda text: None) -> dict[st
     buffer = io.BytesIO()
     np.savez(buffer, mean=projection.mean, components=projection.components, reference=reference,
              labels=splits.y_train.astype(np.uint8), train_index=splits.train_index.astype(np.int32),
-             first_means=gaussian.means.astype(np.float32), first_precision=gaussian.precision.astype(np.float32))
+             first_means=gaussian.means.astype(np.float32), first_precision=gaussian.precision.astype(np.float32),
+             **(detector.to_arrays() if detector is not None else {}))
     return {f"{BUNDLE}/{INFO_FILE}": json.dumps(info, indent=2).encode("utf-8"),
             f"{BUNDLE}/{REFERENCE_FILE}": buffer.getvalue()}
 
 
-def store(run_dir: str | Path, dataset, progress=lambda text: None) -> dict:
+def _fit_detector(model, first: str, splits, photos_dir: str | Path, progress) -> tuple[object, dict | None]:
+    """(detector, what trust.json records about it) fitted on the development sets and
+    DETECTOR_TRAIN_ITEMS training items; (None, None) unless photos of both sides are found."""
+    from fmnist import familiarity as fam
+    from fmnist.data import stratified_limit
+    from fmnist.devsets import development_sets, photos_dir as resolve_photos
+    from fmnist.explain import feature_sets
+
+    familiar, unfamiliar = development_sets(photos_dir, progress=progress)
+    if not familiar or set(unfamiliar) <= {"digits", "noise"}:
+        progress(f"no development photos of both sides under {resolve_photos(photos_dir)}: no detector")
+        return None, None
+    keep = stratified_limit(splits.y_train, DETECTOR_TRAIN_ITEMS, 0)
+    familiar = {"training_items": splits.x_train[keep], **familiar}
+
+    def inputs(images: np.ndarray) -> np.ndarray:
+        found = feature_sets(model, images, [first])
+        return fam.detector_inputs(found["penultimate"], found[first])
+
+    progress("fitting the unfamiliar-input detector (outlier exposure)")
+    detector = fam.fit_detector({k: inputs(x) for k, x in familiar.items()},
+                                {k: inputs(x) for k, x in unfamiliar.items()}, DETECTOR_STRENGTH)
+    return detector, {"strength": DETECTOR_STRENGTH,
+                      "familiar": {k: int(len(x)) for k, x in familiar.items()},
+                      "unfamiliar": {k: int(len(x)) for k, x in unfamiliar.items()}}
+
+
+def store(run_dir: str | Path, dataset, progress=lambda text: None, photos_dir: str | Path | None = None) -> dict:
     """Compute a run's trust artifacts and add them to it (runs.add_files: staged, swapped in by one
     rename, recorded in the manifests). Returns trust.json's content."""
     from fmnist.runs import add_files
 
-    files = compute(run_dir, dataset, progress)
+    files = compute(run_dir, dataset, progress, photos_dir)
     add_files(run_dir, files)
     return json.loads(files[f"{BUNDLE}/{INFO_FILE}"])
 
@@ -152,20 +201,27 @@ def _verified_bytes(run_dir: Path) -> dict[str, bytes]:
 
 def load(run_dir: str | Path) -> Trust:
     """A run's verified trust artifacts. TrustError (one line) when missing, tampered or malformed."""
-    from fmnist.familiarity import GaussianModel, Projection
+    from fmnist.familiarity import GaussianModel, LinearDetector, Projection
 
     run_dir = Path(run_dir)
     files = _verified_bytes(run_dir)
     try:
         info = json.loads(files[INFO_FILE].decode("utf-8"))
-        if info.get("format") != FORMAT:
+        if info.get("format") not in FORMATS:
             raise ValueError(f"unknown format {info.get('format')!r}")
         temperature = float(info["temperature"])
-        thresholds = {k: float(info["thresholds"][k]) for k in FLAG_FRACTIONS}
+        thresholds = {k: float(v) for k, v in info["thresholds"].items()}
+        if not set(FLAG_FRACTIONS) <= set(thresholds) <= set(SIGNALS):
+            raise ValueError(f"thresholds for {sorted(thresholds)}, expected {sorted(FLAG_FRACTIONS)} (and detector)")
         if not (np.isfinite(temperature) and temperature > 0 and all(t > 0 for t in thresholds.values())):
             raise ValueError("temperature and thresholds must be positive")
         with np.load(io.BytesIO(files[REFERENCE_FILE]), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in REFERENCE_ARRAYS}
+            has_detector = "detector_weights" in npz.files
+            detector = LinearDetector.from_arrays({k: npz[k] for k in ("detector_weights", "detector_bias")}) \
+                if has_detector else None
+        if has_detector != ("detector" in thresholds):
+            raise ValueError("the detector's weights and its threshold must come together")
         projection = Projection.from_arrays(arrays)
         reference = arrays["reference"]
         if reference.ndim != 2 or reference.shape[1] != projection.components.shape[0] \
@@ -174,10 +230,17 @@ def load(run_dir: str | Path) -> Trust:
         if arrays["labels"].shape != (len(reference),) or arrays["train_index"].shape != (len(reference),):
             raise ValueError("labels and indices must have one entry per reference row")
         gaussian = GaussianModel.from_arrays({"means": arrays["first_means"], "precision": arrays["first_precision"]})
+        if detector is not None and len(detector.weights) != reference_width(arrays):
+            raise ValueError(f"detector of {len(detector.weights)} inputs does not fit the features")
     except (KeyError, ValueError, TypeError, UnicodeDecodeError, OSError) as exc:
         raise TrustError(f"refusing the trust artifacts of {run_dir}: malformed ({exc})".splitlines()[0]) from exc
     return Trust(temperature, thresholds, int(info.get("knn_k", KNN_K)), projection, reference,
-                 arrays["labels"].astype(np.int64), arrays["train_index"].astype(np.int64), gaussian, info)
+                 arrays["labels"].astype(np.int64), arrays["train_index"].astype(np.int64), gaussian, info, detector)
+
+
+def reference_width(arrays: dict[str, np.ndarray]) -> int:
+    """Width of `familiarity.detector_inputs` for the features the reference was built from."""
+    return int(arrays["mean"].shape[0] + arrays["first_means"].shape[1])
 
 
 def backend_features(backend, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -203,6 +266,9 @@ def unfamiliar_scores(trust: Trust, features: dict[str, np.ndarray]) -> np.ndarr
     signals = {"knn": fam.nearest_neighbours(trust.reference, fam.project(trust.projection, features["penultimate"]),
                                              k=trust.knn_k)[1][:, -1],
                "first_stage": fam.mahalanobis_score(trust.first_stage, features["first_stage"])}
+    if trust.detector is not None:
+        signals["detector"] = fam.detector_score(
+            trust.detector, fam.detector_inputs(features["penultimate"], features["first_stage"]))
     return fam.combined_score(signals, trust.thresholds)
 
 
@@ -256,16 +322,21 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from fmnist.data import load_fashion_mnist
+    from fmnist.devsets import photos_dir
     from fmnist.runs import resolve_checked_run
 
     parser = argparse.ArgumentParser(prog="python -m fmnist.trust", description=main.__doc__)
     parser.add_argument("--run", help="run name or path (default: the shipped model, else the newest run)")
     parser.add_argument("--runs-dir")
     parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: FMNIST_DATA_DIR)")
+    parser.add_argument("--photos-dir", help="folder of the development photo folders for the outlier-exposure "
+                        "detector (default: FMNIST_PHOTOS_DIR, then ../shared/data)")
+    parser.add_argument("--no-detector", action="store_true", help="distance signals only (no development photos)")
     args = parser.parse_args(argv)
     run_dir = resolve_checked_run(args.run, args.runs_dir)
     info = store(run_dir, load_fashion_mnist(args.data_dir, download=False),
-                 progress=lambda text: print(text, file=sys.stderr, flush=True))
+                 progress=lambda text: print(text, file=sys.stderr, flush=True),
+                 photos_dir=None if args.no_detector else photos_dir(args.photos_dir))
     print(json.dumps({"run": str(run_dir), **info}, indent=2))
     return 0
 

@@ -133,6 +133,65 @@ def test_knn_score_and_the_combined_score():
         fam.combined_score({"a": np.ones(2)}, {"b": 1.0})
 
 
+def test_outlier_exposure_detector_learns_a_boundary_that_distance_misses_and_weighs_sets_equally():
+    # familiar: items near the training clusters, and a shifted "photo" set far from them; unfamiliar:
+    # a small set as far from the clusters as the photos, but on the other side. Distance to the
+    # training items cannot tell photos from the outliers; the detector learns which side is which.
+    train, _ = clusters(100, seed=0)
+    rng = np.random.default_rng(5)
+    direction = np.zeros(16)
+    direction[0] = 12.0
+    photos = train[:150] + direction + rng.normal(0, 1.0, (150, 16))
+    outliers = train[150:180] - direction + rng.normal(0, 1.0, (30, 16))  # only 30 items: weighed like 1,000
+    familiar = {"training_items": train, "photos": photos}
+    detector = fam.fit_detector(familiar, {"outliers": outliers})
+    held_photos = train[200:300] + direction + rng.normal(0, 1.0, (100, 16))
+    held_outliers = train[300:400] - direction + rng.normal(0, 1.0, (100, 16))
+    distance = {k: fam.nearest_neighbours(train, x, k=5)[1][:, -1] for k, x in (("photos", held_photos),
+                                                                                ("outliers", held_outliers))}
+    assert 0.25 < fam.auroc(distance["photos"], distance["outliers"]) < 0.75
+    found = {k: fam.detector_score(detector, x) for k, x in (("photos", held_photos), ("outliers", held_outliers))}
+    assert fam.auroc(found["photos"], found["outliers"]) > 0.99
+    assert np.all((found["outliers"] > 0) & (found["outliers"] < 1))
+    # every set weighs the same however many items it holds: ten copies of the outliers change nothing
+    tenfold = fam.fit_detector(familiar, {"outliers": np.tile(outliers, (10, 1))})
+    assert np.allclose(fam.detector_score(tenfold, held_outliers), found["outliers"], rtol=0.05, atol=1e-4)
+    again = fam.LinearDetector.from_arrays({k: np.array(v) for k, v in detector.to_arrays().items()})
+    assert np.allclose(fam.detector_score(again, held_outliers), found["outliers"], atol=1e-6)
+    with pytest.raises(ValueError, match="inputs"):
+        fam.detector_score(detector, held_outliers[:, :5])
+    with pytest.raises(ValueError, match="finite"):
+        fam.LinearDetector.from_arrays({"detector_weights": np.full(16, np.nan), "detector_bias": np.array(0.0)})
+    with pytest.raises(ValueError, match="both sides"):
+        fam.fit_detector(familiar, {"outliers": outliers[:0]})
+
+
+def test_detector_inputs_are_two_unit_vectors_side_by_side():
+    x = fam.detector_inputs(np.array([[3.0, 4.0], [0.0, 0.0]]), np.array([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]]))
+    assert x.shape == (2, 5)
+    assert np.allclose(x[0], [0.6, 0.8, 0.0, 1.0, 0.0]) and np.allclose(x[1], [0.0, 0.0, 1.0, 0.0, 0.0])
+
+
+def test_cross_validated_detector_scores_every_item_once_by_a_detector_that_did_not_see_it():
+    train, _ = clusters(30, seed=0)
+    rng = np.random.default_rng(1)
+    outliers = train[:40] + rng.normal(0, 1.0, (40, 16))
+    outliers[:, 0] += 15.0  # on one side of the training clusters: a linear boundary can learn it
+    cv = fam.cross_validated_detector({"items": train}, {"outliers": outliers}, {"val": train[:20]}, folds=4)
+    assert set(cv["scores"]) == {"items", "outliers"} and len(cv["others"]) == 4
+    for name, x in (("items", train), ("outliers", outliers)):
+        assert cv["scores"][name].shape == (len(x),) and sorted(set(cv["fold"][name].tolist())) == [0, 1, 2, 3]
+        assert np.bincount(cv["fold"][name]).min() >= len(x) // 4  # folds of (nearly) equal size
+    assert all(o["val"].shape == (20,) for o in cv["others"])
+    # each held-out score equals what a detector fitted without that fold gives
+    f = 2
+    keep = {k: cv["fold"][k] != f for k in ("items", "outliers")}
+    refit = fam.fit_detector({"items": train[keep["items"]]}, {"outliers": outliers[keep["outliers"]]})
+    held = ~keep["outliers"]
+    assert np.allclose(cv["scores"]["outliers"][held], fam.detector_score(refit, outliers[held]), atol=1e-6)
+    assert fam.auroc(cv["scores"]["items"], cv["scores"]["outliers"]) > 0.95
+
+
 def test_projection_keeps_neighbours_and_round_trips():
     train, labels = clusters(100, seed=0)
     query, query_labels = clusters(10, seed=1)

@@ -172,6 +172,69 @@ def test_calibration_fields_use_the_stored_temperature(trusted_run, tiny_dataset
     assert unknown["ece"] is None and unknown["temperature"] == fields["temperature"]
 
 
+def write_development_photos(root, tiny_dataset):
+    """Small development photo folders like ../shared/data's: catalogue-style photos of synthetic items
+    (dark item on white, the recipe's input) as familiar photos, and bright discs on colour as hats."""
+    from PIL import Image, ImageDraw
+
+    for sub, count in (("product-photos", 12), ("clothing-photos", 12), ("unfamiliar-photos", 12)):
+        (root / sub).mkdir(parents=True)
+        for i in range(count):
+            if sub == "unfamiliar-photos":
+                photo = Image.new("RGB", (120, 120), (40 + 15 * i, 90, 160))
+                ImageDraw.Draw(photo).ellipse((20 + i, 25, 100 - i, 95), fill=(250, 240, 120))
+            else:
+                item = 255 - tiny_dataset.x_test[i + (12 if sub == "clothing-photos" else 0)]
+                photo = Image.fromarray(item).resize((112, 112)).convert("RGB")
+            photo.save(root / sub / f"{i}.png")
+    return root
+
+
+def test_with_development_photos_an_outlier_exposure_detector_is_fitted_stored_and_used(
+        tiny_run, tiny_dataset, tmp_path):
+    from fmnist.backends import get_backend
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    photos = write_development_photos(tmp_path / "photos", tiny_dataset)
+    info = trust.store(run, tiny_dataset, photos_dir=photos)
+    assert info["format"] == trust.FORMAT and set(info["thresholds"]) == {"detector", "knn", "first_stage"}
+    assert info["flag_fractions"] == trust.DETECTOR_FLAG_FRACTIONS
+    familiar = info["detector"]["familiar"]
+    assert set(familiar) == {"training_items", "clothing_photos", "product_photos"}
+    assert familiar["clothing_photos"] == familiar["product_photos"] == 12
+    assert 400 < familiar["training_items"] < 512  # the run's training split (smaller than DETECTOR_TRAIN_ITEMS)
+    assert set(info["detector"]["unfamiliar"]) == {"digits", "noise", "hats"}
+    assert verify_run(run).bundles.get("trust") == "ok"
+    loaded = trust.load(run)
+    assert loaded.detector is not None and loaded.detector.weights.shape == (trust.reference_width(
+        {"mean": loaded.projection.mean, "first_means": loaded.first_stage.means}),)
+    backend = get_backend(run, "keras", cache=False, tta=False)
+    from fmnist.devsets import photo_inputs
+    hats = photo_inputs(photos / "unfamiliar-photos")
+    found = trust.assess(loaded, backend, hats, backend.predict_proba(hats))
+    assert found["unfamiliar"].mean() >= 0.75  # the detector learned them (in-sample, so a loose floor)
+    # a bundle whose detector threshold is gone but whose weights stay is refused as malformed
+    from fmnist.runs import add_files
+
+    broken = json.loads((run / "trust" / "trust.json").read_text())
+    del broken["thresholds"]["detector"]
+    copy = tmp_path / "broken" / run.name
+    shutil.copytree(run, copy)
+    add_files(copy, {"trust/trust.json": json.dumps(broken).encode()})  # recorded in the manifests: only the content is wrong
+    with pytest.raises(trust.TrustError, match="malformed"):
+        trust.load(copy)
+
+
+def test_without_development_photos_no_detector_is_fitted(tiny_run, tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (tmp_path / "empty").mkdir()
+    info = trust.store(run, tiny_dataset, photos_dir=tmp_path / "empty")
+    assert info["detector"] is None and set(info["thresholds"]) == {"knn", "first_stage"}
+    assert trust.load(run).detector is None
+
+
 # ---- the command line with the shipped model ---------------------------------------------------
 
 def run_cli(*args: str, importtime: bool = False):
