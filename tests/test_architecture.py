@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("leaves: no fmnist imports", {"data", "images", "models", "predictor", "openvino_ir", "console", "child"}),
     ("plain values and pure computations", {"config", "preprocess", "evaluation", "explore", "charts",
                                             "augment", "calibration", "familiarity", "explain"}),
-    ("run storage", {"runs"}),
+    ("run storage; development inputs through the photo pipeline", {"runs", "devsets"}),
     ("the Keras model of a run", {"keras_backend"}),
     ("Keras in a worker process; OpenVINO export; trust artifacts; feature map; a KServe v2 client",
      {"keras_process", "export", "trust", "featuremap", "remote"}),
