@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 from fmnist import data as fdata
@@ -146,11 +147,55 @@ def _run_or_error(ref, runs_dir=None) -> Path:
         raise CLIError(str(exc))
 
 
+def first_use(run: Path, args) -> bool:
+    """Give a run trained before the trust bundle existed its calibration and unfamiliar-input
+    thresholds now, once, stored with the run (`trust.store` through `jobs.compute_artifacts`: no
+    development photos, so no detector; seconds for a quick run, a minute or two for a full one),
+    with one progress line per step on stderr. Where that cannot be done (no data here, a run folder
+    that is not writable, another data set) one stderr line says why and what to run later, and the
+    answer comes as before: raw probabilities, null unfamiliar fields. Returns whether it computed."""
+    from fmnist.jobs import ArtifactsError, artifacts_problem, compute_artifacts
+    from fmnist.trust import has_trust
+
+    if getattr(args, "no_first_use", False) or has_trust(run):
+        return False
+    later = f"run `python -m fmnist.trust --run {run}` later"
+
+    def say(text: str) -> None:
+        print(f"first use of {run.name}: {text}", file=sys.stderr, flush=True)
+
+    def fall_back(why: str) -> bool:
+        say(f"not calibrated, no unfamiliar-input check: {why}; {later}")
+        return False
+
+    if not os.access(run, os.W_OK):
+        return fall_back(f"the run folder {run} is not writable")
+    try:
+        dataset = fdata.load_fashion_mnist(getattr(args, "data_dir", None), download=False)
+    except fdata.DataError as exc:
+        return fall_back(f"the Fashion-MNIST files are not here ({str(exc).splitlines()[0]})")
+    problem = artifacts_problem(run, dataset)
+    if problem:
+        return fall_back(problem)
+    say("computing its calibration and unfamiliar-input thresholds (once, stored with the run) ...")
+    t0 = time.perf_counter()
+    try:
+        from fmnist.training import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
+        compute_artifacts(run, dataset, progress=say, with_map=False)
+    except (ArtifactsError, OSError) as exc:
+        return fall_back(f"computing them failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+    say(f"done in {time.perf_counter() - t0:.0f} s, stored in {run / 'trust'}")
+    return True
+
+
 def cmd_evaluate(args) -> int:
     from fmnist.evaluation import evaluate_probabilities, format_report
     from fmnist.runs import load_metrics, load_test_probs
 
     run = _run_or_error(args.run, args.runs_dir)
+    first_use(run, args)
     backend_name = args.backend or ("remote" if args.serving_url else "stored")
     if backend_name != "stored":
         probs = _backend_probs(run, backend_name, args.data_dir, args.serving_url)
@@ -277,6 +322,7 @@ def cmd_predict(args) -> int:
         from fmnist.trust import TrustError, answer_fields
 
         backend = _backend_or_error(run, backend_name, args.serving_url)
+        first_use(run, args)
         images = np.stack([p.input for _, p in prepared])
         probs = backend.predict_proba(images)
         try:
@@ -346,6 +392,7 @@ def cmd_explain(args) -> int:
     results = []
     if prepared:
         backend = _backend_or_error(run, backend_name, args.serving_url)
+        first_use(run, args)
         try:
             found = explain_images(run, backend, np.stack([p.input for _, p in prepared]), args.neighbours)
         except TrustError as exc:
@@ -373,6 +420,16 @@ def cmd_explain(args) -> int:
     return 0 if not failures else 2
 
 
+def _add_first_use_args(p: argparse.ArgumentParser, data_dir: bool = True) -> None:
+    """--no-first-use (and --data-dir where the command has none): see `first_use`."""
+    p.add_argument("--no-first-use", action="store_true",
+                   help="for a run without calibration (trained before it existed): answer uncalibrated instead "
+                        "of computing its trust bundle first (once, stored with the run; needs the data set)")
+    if data_dir:
+        p.add_argument("--data-dir", help="Fashion-MNIST folder, for a run's first use (default: $FMNIST_DATA_DIR, "
+                                          "then the Keras cache; never downloads)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fmnist.backends import BACKENDS, REMOTE
 
@@ -398,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-errors", type=int, default=50, help="misclassified items listed in --json")
     p.add_argument("--data-dir")
     p.add_argument("--runs-dir")
+    _add_first_use_args(p, data_dir=False)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("runs", help="list saved runs with status and accuracy")
@@ -415,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serving-url", help=url_help)
     p.add_argument("--json", action="store_true")
     p.add_argument("--runs-dir")
+    _add_first_use_args(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="why the model answered: heat map, nearest training items, "
@@ -429,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neighbours", type=int, default=5, help="nearest training items per image (1-50)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--runs-dir")
+    _add_first_use_args(p)
     p.set_defaults(func=cmd_explain)
 
     from fmnist import bench, export, serving, sweep

@@ -25,6 +25,11 @@ A sweep (`submit_sweep`: Optuna trials of the project's training, `fmnist.sweep.
 job of kind "sweep" in the same queue: it waits its turn, is watched, stopped and orphaned the same
 way, and its snapshot carries the sweep's own state under "sweep" (study, trials finished so far,
 the trial in flight, the best value); `sweep_progress(snapshot)` gives its progress and ETA.
+
+A run trained before the trust bundle or the feature map existed gets them on first use
+(`submit_artifacts(run_dir, session_id)`: a job of kind "artifacts" in the same queue, running
+`compute_artifacts` in a child). One such job per run at a time: a second request (another click,
+another tab) joins the active one; `artifacts_job(run_dir)` finds it again after a reload.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from fmnist.child import Child, Link
@@ -49,6 +55,7 @@ STATUS_COMPILING = "compiling the model (the first batch takes a few seconds)"
 KEEP_FINISHED = 50  # finished jobs kept for pages to find again; older ones are forgotten
 SWEEP_TRIALS = (1, 50)  # trials one app sweep may ask for (a sweep job holds the queue until it ends)
 SWEEP_EVENTS = ("sweep_started", "trial_started", "trial_epoch", "trial_finished", "sweep_finished", "status")
+WHAT = {"train": "training", "sweep": "sweep", "artifacts": "computation"}  # a job's kind in messages
 
 
 def _child_setup(link: Link, own_process: bool) -> None:
@@ -108,6 +115,94 @@ def _sweep_main(link: Link, params: dict, runs_root: str | None, data_dir: str |
               runs_root=runs_root, data_dir=data_dir, dataset=dataset, listeners=[relay], stop_event=link.stop)
 
 
+class ArtifactsError(Exception):
+    """A run's trust bundle or map cannot be computed here (one-line message)."""
+
+
+def missing_artifacts(run_dir: str | os.PathLike) -> list[str]:
+    """The bundles first use computes that the run lacks: "trust" and/or "map" (a present but
+    refused bundle is not missing: it is shown as refused, never silently replaced)."""
+    from fmnist import featuremap, trust
+
+    return [name for name, present in (("trust", trust.has_trust(run_dir)), ("map", featuremap.has_map(run_dir)))
+            if not present]
+
+
+def artifacts_problem(run_dir: str | os.PathLike, dataset) -> str | None:
+    """Why `dataset` cannot give a run its trust bundle and map (one line), or None: the run's stored
+    test answers must cover the same test set (a run trained on other data would get a wrong split)."""
+    from fmnist.runs import load_test_probs
+
+    try:
+        rows = len(load_test_probs(run_dir))
+    except (OSError, ValueError) as exc:
+        return f"{run_dir} has no readable test answers ({exc})".splitlines()[0]
+    if rows != len(dataset.y_test):
+        return (f"{run_dir} was evaluated on a test set of {rows:,} images, the data here has "
+                f"{len(dataset.y_test):,}: not the data set it was trained on")
+    return None
+
+
+def compute_artifacts(run_dir: str | os.PathLike, dataset, progress: Callable[[str], None] = lambda text: None,
+                      with_map: bool = True, stop=None) -> dict:
+    """Compute and store what a run lacks (first use of a run trained before them): its trust bundle
+    (`trust.store`, no detector: no development photos needed, fast) and, with `with_map`, its feature
+    map (`featuremap.store`); each added through `runs.add_files` (staged, swapped in by one rename).
+    Returns {"trust": trust.json, "map": map.json} for what was computed. ArtifactsError (one line)
+    when `dataset` is not the data set the run was evaluated on, or the run cannot take them.
+    `stop`: an Event checked between the steps."""
+    from fmnist import featuremap, trust
+    from fmnist.runs import RunError
+
+    problem = artifacts_problem(run_dir, dataset)
+    if problem:
+        raise ArtifactsError(problem)
+    steps = [name for name in missing_artifacts(run_dir) if with_map or name == "trust"]
+    done = {}
+    try:
+        for number, name in enumerate(steps, 1):
+            if stop is not None and stop.is_set():
+                break
+            what = "calibration and unfamiliar-input thresholds" if name == "trust" else "feature map"
+
+            def step(text: str, number=number, what=what) -> None:
+                progress(f"step {number} of {len(steps)}, {what}: {text}")
+
+            step("starting")
+            done[name] = trust.store(run_dir, dataset, progress=step) if name == "trust" else \
+                featuremap.store(run_dir, dataset, progress=step)
+    except (trust.TrustError, featuremap.MapError, RunError, OSError) as exc:
+        raise ArtifactsError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+    return done
+
+
+def _run_key(run_dir: str | os.PathLike) -> str:
+    """One name per run folder, however a page spells its path (first-use jobs are one per run)."""
+    return str(Path(run_dir).resolve())
+
+
+def _artifacts_main(link: Link, run_dir: str, data_dir: str | None, dataset, own_process: bool = True) -> None:
+    """What a first-use child runs: `compute_artifacts` with its progress relayed as status events;
+    a failure the user can act on becomes one plain `failed` line."""
+    from fmnist.data import DataError, load_fashion_mnist
+
+    _child_setup(link, own_process)
+    try:
+        if dataset is None:
+            link.emit({"kind": "status", "message": "loading Fashion-MNIST"})
+            dataset = load_fashion_mnist(data_dir, download=False)
+        done = compute_artifacts(run_dir, dataset, lambda text: link.emit({"kind": "status", "message": text}),
+                                 stop=link.stop)
+    except (DataError, ArtifactsError) as exc:
+        link.emit({"kind": "failed", "run_dir": run_dir, "message": str(exc)})
+        return
+    if link.stop.is_set() and set(missing_artifacts(run_dir)):
+        link.emit({"kind": "stopped", "run_dir": run_dir, "message": "stopped before it finished"})
+        return
+    made = " and ".join({"trust": "calibration", "map": "feature map"}[k] for k in done) or "nothing (already there)"
+    link.emit({"kind": "finished", "run_dir": run_dir, "message": f"computed {made}"})
+
+
 def sweep_progress(snap: dict, now: float | None = None) -> dict:
     """Trials done out of the total, the fraction including the trial in flight, the ETA in seconds
     (None until something has finished), and the best value so far, from a sweep job's snapshot."""
@@ -155,7 +250,7 @@ class Job:
     stop_requested: bool = False
     stop_requested_at: float | None = None
     sessions: set = field(default_factory=set)  # every session attached (starter, reloads, tabs)
-    kind: str = "train"  # or "sweep"
+    kind: str = "train"  # or "sweep", or "artifacts" (first use: a run's trust bundle and map)
     sweep: dict = field(default_factory=dict)  # a sweep's state: study, trials, finished, current, best
     session_gone_since: float | None = None
     _stride: int = 1
@@ -211,6 +306,8 @@ class Job:
                 self.epochs.append({k: v for k, v in event.items() if k != "kind"})
             elif kind == "status":
                 self.status_message = str(event.get("message", ""))
+                if self.kind == "artifacts" and self.status == "starting":
+                    self.status = "running"
             elif kind in ("finished", "stopped", "failed"):
                 self.status = {"finished": "completed"}.get(kind, kind)
                 self.message = str(event.get("message") or "")
@@ -286,7 +383,7 @@ class Job:
     def begin(self) -> None:
         with self._lock:
             self.status, self.started = "starting", time.time()
-            self.status_message = "starting a training process"
+            self.status_message = f"starting a {WHAT.get(self.kind, 'training')} process"
 
     def request_stop(self) -> bool:
         """Cancel a queued job (False), or mark an active one for stopping (True: signal its child)."""
@@ -305,7 +402,7 @@ class Job:
         """The child has gone: a job still active ended without its final event (killed or crashed)."""
         with self._lock:
             if self.status in ACTIVE:
-                what = "sweep" if self.kind == "sweep" else "training"
+                what = WHAT.get(self.kind, "training")
                 self.status = "stopped" if killed else "failed"
                 self.message = (f"{what} was ended without saving (its session closed)" if killed else
                                 f"the {what} process ended unexpectedly (exit code {exitcode})")
@@ -399,6 +496,39 @@ class JobManager:
                   sweep={"study": params["study"], "storage": params["storage"], "trials": trials, "finished": [],
                          "current": None, "best_value": None, "best_run": None}, _manager=self)
         return self._enqueue(job)
+
+    def submit_artifacts(self, run_dir: str | os.PathLike, session_id: str, data_dir: str | os.PathLike | None = None,
+                         dataset=None) -> Job:
+        """Queue the first-use computation of a run's trust bundle and feature map (`compute_artifacts`
+        in a child), or join the one already queued or running for that run (the session is attached
+        to it): one per run at a time, however many tabs ask. ValueError (one line) for a run that is
+        not usable or already has both."""
+        from fmnist.runs import RunError, checked_run
+
+        try:
+            checked_run(run_dir)
+        except RunError as exc:
+            raise ValueError(str(exc)) from exc
+        key = _run_key(run_dir)
+        with self._lock:
+            found = self.artifacts_job(key)
+            if found is not None and found.status in ACTIVE:
+                found.watch(session_id)
+                return found
+            if not missing_artifacts(key):
+                raise ValueError(f"{key} already has its calibration and feature map")
+            job = Job(id=f"artifacts{next(self._counter)}-{uuid.uuid4().hex[:8]}", session_id=session_id,
+                      config={"run_dir": key}, runs_root=None, data_dir=str(data_dir) if data_dir else None,
+                      run_name="", dataset=dataset, run_dir=key, sessions={session_id}, kind="artifacts",
+                      _manager=self)
+            return self._enqueue(job)
+
+    def artifacts_job(self, run_dir: str | os.PathLike) -> Job | None:
+        """The newest first-use job of a run (active or finished) the manager still keeps, or None."""
+        key = _run_key(run_dir)
+        with self._lock:
+            return next((self._jobs[j] for j in reversed(self._order)
+                         if self._jobs[j].kind == "artifacts" and self._jobs[j].config.get("run_dir") == key), None)
 
     def get(self, job_id: str | None) -> Job | None:
         with self._lock:
@@ -545,6 +675,9 @@ class JobManager:
             if nxt.kind == "sweep":
                 target = _sweep_main
                 args = (nxt.config, nxt.runs_root, nxt.data_dir, nxt.dataset, self.use_process)
+            elif nxt.kind == "artifacts":
+                target = _artifacts_main
+                args = (nxt.config["run_dir"], nxt.data_dir, nxt.dataset, self.use_process)
             else:
                 target = _train_main
                 args = (nxt.config, nxt.runs_root, nxt.data_dir, nxt.run_name, nxt.dataset, nxt.export,
@@ -569,7 +702,7 @@ class JobManager:
         with self._lock:
             self._children.pop(job.id, None)
             alone = not self._children
-        if job.status != "completed" or child.killed:
+        if (job.status != "completed" or child.killed) and job.kind != "artifacts":  # add_files cleans its own
             _remove_staging(job, alone)
         self._wake.set()
 

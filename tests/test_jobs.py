@@ -90,6 +90,48 @@ def test_invalid_config_is_refused_before_queueing(threads):
         threads.submit({**TINY, "epochs": 0}, "s")
 
 
+def test_first_use_job_stores_both_bundles_once_per_run(threads, tiny_run, tiny_dataset, tmp_path):
+    """A run trained before the trust bundle and the map: one job (a second request joins it) computes
+    both, stored through runs.add_files, and the run verifies with them."""
+    import shutil
+
+    from fmnist import featuremap, trust
+    from fmnist.jobs import missing_artifacts
+    from fmnist.runs import verify_run
+
+    run = tmp_path / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    assert missing_artifacts(run) == ["trust", "map"]
+    job = threads.submit_artifacts(run, "session-a", dataset=tiny_dataset)
+    again = threads.submit_artifacts(str(run) + "/", "session-b", dataset=tiny_dataset)  # another tab
+    assert again.id == job.id and {"session-a", "session-b"} <= set(job.snapshot()["sessions"])
+    assert threads.artifacts_job(run).id == job.id  # found again by the run alone (a reload)
+    final = threads.wait(job.id, 240)
+    assert final["status"] == "completed", final["message"]
+    assert final["kind"] == "artifacts" and final["message"] == "computed calibration and feature map"
+    info = verify_run(run)
+    assert info.usable and info.bundles.get("trust") == "ok" and info.bundles.get("map") == "ok", info.bundles
+    assert missing_artifacts(run) == []
+    assert trust.load(run).temperature > 0 and len(featuremap.load(run).coords) == len(tiny_dataset.y_test)
+    with pytest.raises(ValueError, match="already has"):
+        threads.submit_artifacts(run, "session-a", dataset=tiny_dataset)
+
+
+def test_first_use_job_with_another_data_set_fails_with_one_line(threads, tiny_run, data, tmp_path):
+    import shutil
+
+    from fmnist.jobs import missing_artifacts
+
+    run = tmp_path / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    job = threads.submit_artifacts(run, "s", dataset=data)  # 100 test items, the run's answers cover 128
+    final = threads.wait(job.id, 120)
+    assert final["status"] == "failed"
+    assert "test set of 128 images, the data here has 100" in final["message"] and "\n" not in final["message"]
+    assert missing_artifacts(run) == ["trust", "map"]  # nothing half-written
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".staging")]
+
+
 def test_closed_session_job_is_stopped(data, tmp_path):
     manager = JobManager(use_process=False, orphan_grace_s=0.3, poll_s=0.05, export=False)
     alive = {"s": True}
