@@ -164,3 +164,62 @@ def remember_placed(run_dir: Path, name: str, position) -> None:
 def placed_inputs(run_dir: Path) -> dict[str, tuple[float, float]]:
     """{input name: (x, y)} of this session's inputs placed on the run's feature map."""
     return dict(st.session_state.get(PLACED_KEY, {}).get(str(run_dir), {}))
+
+
+def artifacts_job(run_dir: Path):
+    """The newest first-use job of a run (fmnist.jobs: its trust bundle and map), or None. The
+    server's queue holds at most one active per run, so a reload, a second tab or another session
+    finds it by the run alone; an active one is watched by this session from now on."""
+    manager = job_manager()
+    job = manager.artifacts_job(run_dir)
+    if job is not None and job.snapshot()["active"]:
+        manager.attach(job.id, session_id())
+    return job
+
+
+def artifacts_line(snap: dict) -> str:
+    """One line about a first-use job's state."""
+    status = snap["status"]
+    if status == "queued":
+        return (f"Queued: position {snap['queue_position']} (one training, sweep or computation runs at a time on "
+                "this server)")
+    if status == "starting":
+        return "Starting the computation process..."
+    if status == "running":
+        began = snap.get("started")
+        import time
+
+        spent = f" ({fmt_seconds(time.time() - began)} so far)" if began else ""
+        return f"Computing the calibration and map: {snap['status_message'] or 'preparing'}{spent}"
+    if status == "completed":
+        return f"Done: {snap['message']}."
+    if status == "failed":
+        return f"Computing the calibration and map failed: {snap['message']}"
+    return f"{status.capitalize()}: {snap['message']}"
+
+
+ARTIFACTS_BUTTON = "Compute calibration and map now"
+
+
+def artifacts_panel(run, data_dir: str | None, key: str) -> None:
+    """For a run trained before the trust bundle and the map existed: the button that computes both in
+    the server's job queue (a child process; never on page load: a classroom's tabs must not start a
+    job each) and, while that runs, its progress, found again after a reload. One job per run: a second
+    click, tab or session joins it. When it ends the app reruns and the pages load the new bundles."""
+    job = artifacts_job(run.path)
+    snap = job.snapshot() if job is not None else None
+    if snap is not None and snap["active"]:
+        watch_job(job.id, True, lambda s: st.info(artifacts_line(s), icon=":material/hourglass_top:"))
+        return
+    if snap is not None and snap["status"] in ("failed", "stopped", "cancelled"):
+        st.error(artifacts_line(snap))
+    if st.button(ARTIFACTS_BUTTON, key=key, icon=":material/calculate:",
+                 help="Fits the temperature and the unfamiliar-input thresholds on this run's validation split and "
+                      "draws its feature map, in a background process, once; both are stored with the run. Tens of "
+                      "seconds for a quick run, a few minutes for a full one on 2 cores."):
+        try:
+            job_manager().submit_artifacts(run.path, session_id(), data_dir=data_dir)
+        except ValueError as exc:
+            st.error(str(exc))
+            return
+        st.rerun()

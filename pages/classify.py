@@ -271,11 +271,27 @@ def drawing_panel(model, run) -> None:
         show_prediction(prepared, model, "draw", run, "Drawing")
 
 
+def missing_bundles() -> None:
+    """For a run trained before calibration and the feature map existed: say so once, with the button
+    that computes both in the background (the explanations below then gain them)."""
+    from fmnist.jobs import missing_artifacts
+
+    _, refused = _resources.run_trust(run.path)
+    missing = missing_artifacts(run.path)
+    if refused or not missing:
+        return
+    what = {"trust": "no calibration and no unfamiliar-input check", "map": "no feature map"}
+    st.info(f"This run has {' and '.join(what[m] for m in missing)} yet (trained before they were added): "
+            "compute them once, in the background on this server.", icon=":material/info:")
+    _session.artifacts_panel(run, _resources.data_dir(), key="classify_artifacts")
+
+
 st.title("Classify")
 run, model = _selection.current_predictor()
 st.caption(f"Model **{run.label()}** with **{_resources.backend_label(model.name)}** "
            "(change both in the sidebar). Under each answer: where the model looked and the training images "
            "it finds most alike; **Look inside** shows its feature maps layer by layer.")
+missing_bundles()
 tab_upload, tab_draw = st.tabs(["Upload photos", "Draw"])
 with tab_upload:
     files = st.file_uploader("Images (PNG, JPEG, WebP)", type=UPLOAD_TYPES, accept_multiple_files=True,

@@ -76,9 +76,10 @@ def calibration_tab(run, probs: np.ndarray | None, labels: np.ndarray | None) ->
         m = st.columns(3)
         m[0].metric("ECE as answered", percent(ece_before), help=ECE_HELP)
         if not problem:
-            st.info("This run has no temperature yet (runs trained before calibration was added). Compute "
-                    "it once on the server, from its validation split (a minute or two):\n\n"
-                    f"`python -m fmnist.trust --run {run.path}`")
+            st.info("This run has no temperature yet (runs trained before calibration was added). Compute it once, "
+                    "from its validation split, with the button below (on this server, in the background), or on the "
+                    f"command line:\n\n`python -m fmnist.trust --run {run.path}`")
+            _session.artifacts_panel(run, _resources.data_dir(), key="res_artifacts_calibration")
         st.plotly_chart(charts.reliability_figure(before), key="res_reliability")
         return
     temperature = float(trust.temperature)
@@ -113,9 +114,10 @@ def map_tab(run, probs: np.ndarray | None, labels: np.ndarray | None, images: np
         st.error(problem)
         return
     if fmap is None:
-        st.info("This run has no feature map yet (runs trained before the map was added). Compute it once on "
-                "the server (features through the model, then t-SNE: a few minutes on 2 cores):\n\n"
-                f"`python -m fmnist.featuremap --run {run.path}`")
+        st.info("This run has no feature map yet (runs trained before the map was added). Compute it once with the "
+                "button below (on this server, in the background: features through the model, then t-SNE, a few "
+                f"minutes on 2 cores), or on the command line:\n\n`python -m fmnist.featuremap --run {run.path}`")
+        _session.artifacts_panel(run, _resources.data_dir(), key="res_artifacts_map")
         return
     confidence = None
     if probs is not None and len(probs) > int(fmap.index.max(initial=0)):

@@ -132,6 +132,49 @@ def test_run_without_trust_or_map_says_how_to_compute_them(needs_data, app, tmp_
     assert list(metrics_of(app, "Calibration")) == ["ECE as answered"]
     assert [t["name"] for t in chart_specs(app, "Calibration")[0]["data"]] == ["perfectly calibrated", "as answered"]
     assert map_specs(app) == []
+    # the button that computes both: offered in each tab, nothing started on page load
+    from fmnist.jobs import get_manager
+
+    assert {b.key for b in app.button if b.label == "Compute calibration and map now"} == {
+        "res_artifacts_calibration", "res_artifacts_map"}
+    assert get_manager().artifacts_job(run) is None
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_compute_button_gives_a_run_its_calibration_and_map(needs_data, app, tmp_path, monkeypatch):
+    """A run trained before the bundles (quick: 600 real training items, no export): the button queues one
+    background job; while it runs a reload finds it again; when it ends both tabs show the new bundles."""
+    from fmnist.data import load_fashion_mnist
+    from fmnist.jobs import get_manager
+    from fmnist.runs import verify_run
+    from fmnist.training import TrainConfig, train
+
+    root = tmp_path / "runs"
+    result = train(TrainConfig(arch="paper", epochs=1, batch_size=64, limit=600),
+                   load_fashion_mnist(needs_data, download=False), runs_root=root, export=False)
+    run = result.run_dir
+    monkeypatch.setenv("FMNIST_RUNS_DIR", str(root))
+    goto(app, "results")
+    app.selectbox(key="current_run").set_value(run.name).run()
+    app.button(key="res_artifacts_map").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    job = get_manager().artifacts_job(run)
+    assert job is not None and job.kind == "artifacts"
+    lines = [i.value for i in app.info]
+    if job.snapshot()["active"]:  # the page shows its progress instead of the button
+        assert any(line.startswith(("Queued", "Starting the computation", "Computing the calibration and map"))
+                   for line in lines), lines
+        assert not [b for b in app.button if b.label == "Compute calibration and map now"]
+    final = get_manager().wait(job.id, 480)
+    assert final["status"] == "completed", final["message"]
+    info = verify_run(run)
+    assert info.bundles.get("trust") == "ok" and info.bundles.get("map") == "ok", info.bundles
+    app.run()  # what the job's poller does when it sees the end: the whole app again
+    assert not app.exception, [e.value for e in app.exception]
+    assert float(metrics_of(app, "Calibration")["Temperature T"]) > 0
+    assert len(map_specs(app)) == 1
+    assert not [b for b in app.button if b.label == "Compute calibration and map now"]
 
 
 def test_tampered_map_is_refused_with_one_line(needs_data, app, tmp_path, monkeypatch):
