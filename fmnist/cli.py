@@ -371,6 +371,10 @@ def prepare_images(paths: list[str]) -> tuple[list, list]:
 def _backend_or_error(run: Path, name: str, url: str | None = None):
     from fmnist.backends import BackendError, get_backend
 
+    if name == "keras":  # the default for a run without its OpenVINO export: TensorFlow's start-up notices kept off
+        from fmnist.training import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     try:
         return get_backend(run, name, url=url)
     except BackendError as exc:
