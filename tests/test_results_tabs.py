@@ -138,6 +138,10 @@ def test_run_without_trust_or_map_says_how_to_compute_them(needs_data, app, tmp_
     assert {b.key for b in app.button if b.label == "Compute calibration and map now"} == {
         "res_artifacts_calibration", "res_artifacts_map"}
     assert get_manager().artifacts_job(run) is None
+    goto(app, "classify")  # the same button once on Classify, above the answers
+    assert [b.key for b in app.button if b.label == "Compute calibration and map now"] == ["classify_artifacts"]
+    assert any("no calibration and no unfamiliar-input check and no feature map" in i.value for i in app.info)
+    assert get_manager().artifacts_job(run) is None
 
 
 @pytest.mark.integration
