@@ -79,12 +79,42 @@ def noise_and_plain(n: int = 200, seed: int = 0) -> np.ndarray:
     return np.concatenate([noise, blurred, plain]).astype(np.uint8)
 
 
+def noise_photos(n: int = 90, seed: int = 0) -> np.ndarray:
+    """Noise uploaded as a photo, through the app's photo pipeline (`prepare_photo`): grey, colour and
+    blurred colour noise at 96-224 pixels. The 28x28 noise above never meets the background separation
+    that turns an upload of noise into a textured blob."""
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+
+    from fmnist.preprocess import PreprocessError, prepare_photo
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        side = int(rng.integers(96, 225))
+        kind = i % 3
+        if kind == 0:
+            pixels = np.repeat(rng.integers(0, 256, (side, side, 1)), 3, axis=2)
+        elif kind == 1:
+            pixels = rng.integers(0, 256, (side, side, 3))
+        else:
+            pixels = gaussian_filter(rng.uniform(0, 255, (side, side, 3)), (3.0, 3.0, 0))
+            pixels = (pixels - pixels.min()) * 255 / max(np.ptp(pixels), 1e-6)
+        try:
+            prepared = prepare_photo(Image.fromarray(pixels.astype(np.uint8)))
+        except PreprocessError:
+            continue
+        if not prepared.empty:
+            out.append(prepared.input)
+    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
+
+
 def development_sets(folder: str | Path | None = None, photos: bool = True,
                      progress=lambda text: None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(familiar, unfamiliar) model inputs by set name: drawn digits and noise always; with `photos`,
     each development photo folder found under `photos_dir(folder)` (about 75 s for all 587 photos)."""
     progress("drawn digits, noise and plain colours")
-    unfamiliar = {"digits": drawn_digits(), "noise": noise_and_plain()}
+    unfamiliar = {"digits": drawn_digits(), "noise": noise_and_plain(), "noise_photos": noise_photos()}
     familiar: dict[str, np.ndarray] = {}
     if photos:
         root = photos_dir(folder)

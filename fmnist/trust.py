@@ -15,7 +15,7 @@ What is stored (`trust/trust.json` + `trust/reference.npz`, about 2 MB for 54,00
   noise), and, where the development photos were at hand when the bundle was computed
   (`python -m fmnist.trust --photos-dir`), a linear detector trained by outlier exposure on the same
   features (`familiarity.fit_detector`: hats, drawn digits and noise against training items and real
-  photos of the ten classes). Over 1.0 = unfamiliar.
+  photos of the ten classes; noise as 28x28 images and uploaded as photos). Over 1.0 = unfamiliar.
 * **reference**: the projection (PCA mean and components), the training items' projected features in
   float16, their labels and their indices in the official training set, for nearest neighbours.
 
@@ -154,7 +154,7 @@ def _fit_detector(model, first: str, splits, photos_dir: str | Path, progress) -
     from fmnist.explain import feature_sets
 
     familiar, unfamiliar = development_sets(photos_dir, progress=progress)
-    if not familiar or set(unfamiliar) <= {"digits", "noise"}:
+    if not familiar or set(unfamiliar) <= {"digits", "noise", "noise_photos"}:
         progress(f"no development photos of both sides under {resolve_photos(photos_dir)}: no detector")
         return None, None
     keep = stratified_limit(splits.y_train, DETECTOR_TRAIN_ITEMS, 0)
