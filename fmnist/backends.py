@@ -45,7 +45,7 @@ from fmnist import openvino_ir
 from fmnist.keras_backend import KerasBackend
 from fmnist.openvino_ir import IR_FILES, OV_DIR, read_export_info
 # BackendError and as_batch are fmnist.predictor's; callers also import them from here.
-from fmnist.predictor import BackendError, Predictor, as_batch  # noqa: F401
+from fmnist.predictor import BackendError, Predictor, as_batch, average_views, test_views  # noqa: F401
 from fmnist.remote import NAME as REMOTE
 from fmnist.remote import RemoteBackend, check_url, serving_url
 from fmnist.runs import (BUNDLE_MANIFEST, RunError, checked_run, entry_mismatch, file_entry, manifest_digest,
@@ -124,6 +124,7 @@ class OpenVINOBackend:
 
     device = "CPU"
     tta_flip = False
+    tta_shift = 0
     _IR = {"fp32": "fp32", "int8": "int8", "bf16": "fp32"}
 
     def __init__(self, run_dir: str | Path, precision: str = "fp32", chunk: int = CHUNK):
@@ -413,35 +414,43 @@ class BackendRegistry:
 REGISTRY = BackendRegistry()
 
 
-class FlipAveraged:
-    """A backend whose answers average each image with its mirror image, in one call of twice the
-    batch: how a run trained with `tta_flip` was evaluated, so its predictions match its reported
-    test accuracy (and move less when an input shifts by a fraction of a pixel: docs/photos.md)."""
+class ViewAveraged:
+    """A backend whose answers average each image with its test-time views (`predictor.test_views`:
+    the mirror image for runs trained with `tta_flip`, one-pixel shifts for `tta_shift`), in one call
+    of the views' batch: how the run was evaluated, so its predictions match its reported test
+    accuracy (and move less when an input shifts by a fraction of a pixel: docs/photos.md)."""
 
-    tta_flip = True
-
-    def __init__(self, backend):
+    def __init__(self, backend, flip: bool = True, shift: int = 0):
         self.backend = backend
+        self.tta_flip = bool(flip)
+        self.tta_shift = int(shift)
 
     def __getattr__(self, attr):  # name, precision, device, run_dir, model, source_files...
         return getattr(self.backend, attr)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        x = as_batch(images)
-        probs = self.backend.predict_proba(np.concatenate([x, x[:, :, ::-1]]))
-        return 0.5 * (probs[:len(x)] + probs[len(x):])
+        views, count = test_views(images, self.tta_flip, self.tta_shift)
+        return average_views(self.backend.predict_proba(views), count)
 
     def describe(self) -> dict:
-        return {**self.backend.describe(), "tta_flip": True}
+        return {**self.backend.describe(), "tta_flip": self.tta_flip, "tta_shift": self.tta_shift}
 
 
-def run_uses_tta(run_dir: str | Path) -> bool:
-    """Whether the run's config asks for flip averaging at test time."""
+def run_views(run_dir: str | Path) -> tuple[bool, int]:
+    """(flip, shift): the test-time views the run's config asks for ((False, 0): none)."""
     try:
         config = read_json(Path(run_dir) / "config.json")
     except (OSError, ValueError):
-        return False
-    return bool(isinstance(config, dict) and config.get("tta_flip"))
+        return False, 0
+    if not isinstance(config, dict):
+        return False, 0
+    shift = config.get("tta_shift") or 0
+    return bool(config.get("tta_flip")), int(shift) if isinstance(shift, int) and 0 < shift <= 3 else 0
+
+
+def run_uses_tta(run_dir: str | Path) -> bool:
+    """Whether the run's config asks for test-time views (flip averaging, shifted views)."""
+    return any(run_views(run_dir))
 
 
 def get_backend(run_dir: str | Path, name: str = "keras", cache: bool = True, tta: bool | None = None,
@@ -449,8 +458,9 @@ def get_backend(run_dir: str | Path, name: str = "keras", cache: bool = True, tt
     """A predictor for a run by backend name (BACKENDS, openvino-bf16 where the CPU supports it, or
     "remote" when a model server is configured).
 
-    tta: average with mirror images (None: as the run's config says; benchmarks pass False to time
-    the model itself). isolated: Keras runs in a worker process (fmnist.keras_process), so this
+    tta: average over test-time views (None: those the run's config asks for, mirror image and/or
+    shifted views; True on a run without any: the mirror image; benchmarks pass False to time the
+    model itself). isolated: Keras runs in a worker process (fmnist.keras_process), so this
     process never imports TensorFlow (the web app). url: the model server of "remote" (default:
     $FMNIST_SERVING_URL). Raises BackendError with a one-line reason (unknown name, no export,
     tampered or truncated file, no model server configured, server down or serving another model).
@@ -466,9 +476,12 @@ def get_backend(run_dir: str | Path, name: str = "keras", cache: bool = True, tt
     else:
         key = "keras-process" if isolated and name == "keras" else name
     backend = REGISTRY.get(run_dir, key) if cache else _create(Path(run_dir), key)
-    if tta is None:
-        tta = run_uses_tta(run_dir)
-    return FlipAveraged(backend) if tta else backend
+    if tta is False:
+        return backend
+    flip, shift = run_views(run_dir)
+    if tta and not (flip or shift):
+        flip = True  # asked for explicitly on a run that has none configured: the mirror image
+    return ViewAveraged(backend, flip, shift) if (flip or shift) else backend
 
 
 def backend_status(run_dir: str | Path) -> dict[str, str]:

@@ -104,6 +104,7 @@ def bench_preset(name: str, dataset, progress=None, epochs: int | None = None, s
         "test_accuracy": result.metrics["test_accuracy"],
         "train_accuracy": result.metrics.get("train_accuracy"),
         "tta_flip": config.tta_flip,
+        "tta_shift": config.tta_shift,
     }
     if throughput:
         splits = make_splits(dataset, config.val_fraction, config.seed, config.limit)

@@ -80,6 +80,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", type=_bounded("ema", float, *b["ema"]), help="weight averaging momentum (0 = off)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average test predictions with mirrored images")
+    p.add_argument("--tta-shift", type=_bounded("test-time shift", int, *b["tta_shift"]),
+                   help="also average test predictions over the image moved this many pixels up, down, left "
+                        "and right (0: none)")
     p.add_argument("--val-fraction", type=_bounded("validation fraction", float, *b["val_fraction"]))
     p.add_argument("--seed", type=_bounded("seed", int, *b["seed"]))
     p.add_argument("--limit", type=_bounded("limit", int, *b["limit"]),
@@ -99,7 +102,7 @@ def config_from_args(args: argparse.Namespace):
 
     fields = ("arch", "widths", "dropout", "epochs", "batch_size", "optimizer", "learning_rate", "schedule",
               "warmup_epochs", "weight_decay", "label_smoothing", "augment_flip", "augment_shift",
-              "augment_scale", "augment_photo", "augment_erase", "ema", "tta_flip", "val_fraction", "seed", "limit", "precision", "tensorboard")
+              "augment_scale", "augment_photo", "augment_erase", "ema", "tta_flip", "tta_shift", "val_fraction", "seed", "limit", "precision", "tensorboard")
     try:
         return preset_config(args.preset, **{f: getattr(args, f, None) for f in fields})
     except ValueError as exc:

@@ -40,6 +40,7 @@ class TrainConfig:
     augment_erase: float = 0.0  # probability of random erasing (one black rectangle per image)
     ema: float = 0.0  # weight-averaging momentum, 0 = off
     tta_flip: bool = False  # average predictions with the mirrored image at test time
+    tta_shift: int = 0  # also average the views moved this many pixels up, down, left and right (0: none)
     val_fraction: float = 0.1
     seed: int = 0
     limit: int | None = None  # stratified subset of the training set, for quick runs
@@ -51,7 +52,7 @@ class TrainConfig:
     BOUNDS = {
         "epochs": (1, 200), "batch_size": (8, 4096), "learning_rate": (1e-6, 1.0),
         "warmup_epochs": (0.0, 50.0), "weight_decay": (0.0, 0.5), "label_smoothing": (0.0, 0.5),
-        "augment_shift": (0, 6), "augment_scale": (0.0, 0.3),
+        "augment_shift": (0, 6), "augment_scale": (0.0, 0.3), "tta_shift": (0, 3),
         "augment_photo": (0.0, 1.0), "augment_erase": (0.0, 1.0), "ema": (0.0, 0.9999), "val_fraction": (0.0, 0.5),
         "seed": (0, 2**31 - 1), "limit": (100, 60_000),
     }
@@ -74,7 +75,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
             if not low <= value <= high:
                 raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-        for name in ("epochs", "batch_size", "augment_shift", "seed"):
+        for name in ("epochs", "batch_size", "augment_shift", "tta_shift", "seed"):
             if int(getattr(self, name)) != getattr(self, name):
                 raise ValueError(f"{name} must be a whole number, got {getattr(self, name)}")
         n_widths = (2, 3, 4) if self.arch == "modern" else (len(DEFAULTS[self.arch]["widths"]),)
@@ -122,7 +123,8 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(arch="paper", epochs=15, batch_size=150, optimizer="adam", learning_rate=1e-3),
     "fast": dict(arch="modern", widths=[16, 32, 64, 128], epochs=5, batch_size=256, optimizer="adamw",
-                 learning_rate=5e-3, schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1),
+                 learning_rate=5e-3, schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1,
+                 tta_shift=1),
     "best": dict(arch="modern", widths=[24, 48, 96, 192], epochs=18, batch_size=256, optimizer="adamw",
                  learning_rate=4e-3, schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1,
                  augment_flip=True, augment_shift=2, tta_flip=True, precision="bfloat16"),

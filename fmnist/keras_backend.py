@@ -52,6 +52,7 @@ class KerasBackend:
     precision = "fp32"
     device = "CPU"
     tta_flip = False
+    tta_shift = 0
     source_files = ("model.keras",)
 
     def __init__(self, run_dir: str | Path):

@@ -131,6 +131,7 @@ class KerasProcessBackend:
     precision = "fp32"
     device = "CPU"
     tta_flip = False
+    tta_shift = 0
     source_files = ("model.keras",)
 
     def __init__(self, run_dir: str | Path):

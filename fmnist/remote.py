@@ -15,7 +15,7 @@ predictor (fmnist.predictor) on top of it:
     a few fixed probe images as the run's local OpenVINO FP32 backend does (so a server started
     for another run, or running in bf16, is refused with a sentence saying so);
   * `predict_proba` splits large batches into requests of at most MAX_BATCH images (the server's
-    limit) and never flip-averages: `fmnist.backends.get_backend` wraps it in `FlipAveraged` for
+    limit) and never flip-averages: `fmnist.backends.get_backend` wraps it in `ViewAveraged` for
     runs trained with `tta_flip`, as it does every local backend;
   * explanations (`features`, `stage_activations`, `first_layer_filters`, ...) are answered by
     the run's local OpenVINO FP32 backend: the server only returns probabilities.
@@ -249,6 +249,7 @@ class RemoteBackend:
     name = NAME
     precision = "fp32"
     tta_flip = False
+    tta_shift = 0
 
     def __init__(self, run_dir: str | Path, url: str, timeout: float = DEFAULT_TIMEOUT,
                  local: Predictor | None = None):

@@ -75,7 +75,7 @@ _LABEL_FIELDS = {"arch": "architecture", "widths": "widths", "dropout": "dropout
                  "batch_size": "batch", "optimizer": "optimizer", "learning_rate": "lr", "schedule": "schedule",
                  "warmup_epochs": "warm-up", "weight_decay": "weight decay", "label_smoothing": "smoothing",
                  "augment_flip": "flips", "augment_shift": "shift", "augment_scale": "zoom", "ema": "ema",
-                 "tta_flip": "flip averaging", "val_fraction": "validation", "seed": "seed",
+                 "tta_flip": "flip averaging", "tta_shift": "shift averaging", "val_fraction": "validation", "seed": "seed",
                  "limit": "training set", "precision": "precision"}
 
 

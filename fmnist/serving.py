@@ -13,7 +13,7 @@ same URL paths as with OVMS serving the exported layout:
     POST /v2/models/fmnist/infer          inference (JSON, or JSON + binary tensor data)
 
 The server never flip-averages: a run trained with `tta_flip` is averaged by the client
-(`fmnist.backends.FlipAveraged` around the remote backend), as for the local backends.
+(`fmnist.backends.ViewAveraged` around the remote backend), as for the local backends.
 
 Input "pixels": datatype FP32 or UINT8, shape [N, 28, 28] or [N, 28, 28, 1], raw values 0..255,
 1 <= N <= MAX_BATCH (fmnist.remote). Anything else is answered 400 with a sentence saying what is

@@ -192,13 +192,14 @@ def make_eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = 1000):
     return ds.map(lambda i, l: (tf.cast(i, tf.float32), tf.one_hot(l, 10))).prefetch(tf.data.AUTOTUNE)
 
 
-def predict_probabilities(model, images: np.ndarray, tta_flip: bool = False, batch_size: int = 1000) -> np.ndarray:
-    """(N, 10) probabilities from raw uint8/float images (N, 28, 28); optional flip averaging."""
-    x = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28, 1)
-    probs = model.predict(x, batch_size=batch_size, verbose=0)
-    if tta_flip:
-        probs = 0.5 * (probs + model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0))
-    return np.asarray(probs, dtype=np.float32)
+def predict_probabilities(model, images: np.ndarray, tta_flip: bool = False, batch_size: int = 1000,
+                          tta_shift: int = 0) -> np.ndarray:
+    """(N, 10) probabilities from raw uint8/float images (N, 28, 28); optional averaging over the
+    mirror image and shifted views (`predictor.test_views`), as the backends answer for the run."""
+    from fmnist.predictor import average_views, test_views
+
+    x, count = test_views(np.asarray(images, dtype=np.float32).reshape(-1, 28, 28, 1), tta_flip, tta_shift)
+    return average_views(model.predict(x, batch_size=batch_size, verbose=0), count)
 
 
 def compile_model(config: TrainConfig, steps_per_epoch: int):
@@ -381,11 +382,13 @@ def evaluate(model, config: TrainConfig, splits: fdata.Splits, dataset: fdata.Da
     train_sample = fdata.stratified_limit(splits.y_train, min(len(splits.y_train), 10_000), config.seed)
     train_acc = float(np.mean(predict_probabilities(model, splits.x_train[train_sample]).argmax(1)
                               == splits.y_train[train_sample]))
-    val_acc = (float(np.mean(predict_probabilities(model, splits.x_val, config.tta_flip).argmax(1)
+    val_acc = (float(np.mean(predict_probabilities(model, splits.x_val, config.tta_flip,
+                                                   tta_shift=config.tta_shift).argmax(1)
                              == splits.y_val)) if len(splits.x_val) else None)
-    probs = predict_probabilities(model, dataset.x_test, config.tta_flip)
+    probs = predict_probabilities(model, dataset.x_test, config.tta_flip, tta_shift=config.tta_shift)
     metrics = evaluate_probabilities(probs, dataset.y_test)
-    metrics.update({"train_accuracy": train_acc, "val_accuracy": val_acc, "tta_flip": config.tta_flip})
+    metrics.update({"train_accuracy": train_acc, "val_accuracy": val_acc, "tta_flip": config.tta_flip,
+                    "tta_shift": config.tta_shift})
     return metrics, probs
 
 

@@ -74,10 +74,6 @@ class Trust:
     detector: object = None  # familiarity.LinearDetector, or None (computed without development photos)
 
 
-def _flip_averaged(probs: np.ndarray, flipped: np.ndarray) -> np.ndarray:
-    return 0.5 * (probs + flipped)
-
-
 def compute(run_dir: str | Path, dataset, progress=lambda text: None,
             photos_dir: str | Path | None = None) -> dict[str, bytes]:
     """The trust bundle's files for a run ({"trust/trust.json": bytes, "trust/reference.npz": bytes}),
@@ -91,6 +87,7 @@ def compute(run_dir: str | Path, dataset, progress=lambda text: None,
     from fmnist.data import make_splits
     from fmnist.explain import activation_layers, feature_sets
     from fmnist.keras_backend import load_model
+    from fmnist.predictor import average_views, test_views
     from fmnist.runs import checked_run, read_json
 
     run_dir = Path(run_dir)
@@ -107,8 +104,9 @@ def compute(run_dir: str | Path, dataset, progress=lambda text: None,
     progress(f"features of {len(splits.x_val):,} validation items")
     val = feature_sets(model, splits.x_val, [first])
     val_probs = cal.softmax(val["logits"])
-    if config.tta_flip:  # calibrate what users see: the run's flip-averaged answers
-        val_probs = _flip_averaged(val_probs, cal.softmax(feature_sets(model, splits.x_val[:, :, ::-1])["logits"]))
+    if config.tta_flip or config.tta_shift:  # calibrate what users see: the run's view-averaged answers
+        views, count = test_views(splits.x_val, config.tta_flip, config.tta_shift)
+        val_probs = average_views(cal.softmax(feature_sets(model, views[..., 0])["logits"]), count)
     temperature = cal.fit_temperature(val_probs, splits.y_val)
 
     progress("reference and thresholds")
@@ -129,7 +127,7 @@ def compute(run_dir: str | Path, dataset, progress=lambda text: None,
     info = {
         "format": FORMAT, "temperature": temperature, "thresholds": thresholds, "knn_k": KNN_K,
         "dims": DIMS, "first_stage_layer": first, "flag_fractions": fractions, "detector": detector_info,
-        "tta_flip": bool(config.tta_flip),
+        "tta_flip": bool(config.tta_flip), "tta_shift": int(config.tta_shift),
         "validation": {"items": int(len(splits.y_val)),
                        "ece_uncalibrated": cal.expected_calibration_error(val_probs, splits.y_val),
                        "ece": cal.expected_calibration_error(cal.apply_temperature(val_probs, temperature),

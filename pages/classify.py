@@ -14,6 +14,7 @@ import streamlit as st
 
 from fmnist import charts, explore
 from fmnist.data import CLASS_NAMES
+from fmnist.predictor import views_text
 from pages import _navigation, _resources, _selection, _session
 
 _navigation.ensure_navigation()
@@ -65,7 +66,8 @@ def explained(model, run, image: np.ndarray):
     trust, note = run_trust(run)
     fmap, _ = _resources.feature_map(run.path)  # a refused map: no placement (Results says why)
     digest = hashlib.sha1(np.ascontiguousarray(image, dtype=np.float32).tobytes()).hexdigest()
-    key = (digest, str(run.path), _resources.manifest_stamp(run.path), model.name, bool(getattr(model, "tta_flip", False)))
+    key = (digest, str(run.path), _resources.manifest_stamp(run.path), model.name, bool(getattr(model, "tta_flip", False)),
+           int(getattr(model, "tta_shift", 0)))
     cache = st.session_state.setdefault(EXPLAIN_KEY, {})
     if key not in cache:
         gradcam = model.name == "keras"
@@ -196,7 +198,7 @@ def show_prediction(prepared, model, key: str, run, source: str, show_steps: boo
         st.markdown(f"### {CLASS_NAMES[top]}")
         st.caption(f"{shown[top]:.1%} {'calibrated probability' if trust is not None else 'confident (not calibrated)'}"
                    f" · {model.name} ({getattr(model, 'precision', '')}) on {getattr(model, 'device', 'CPU')}"
-                   f"{' · averaged with its mirror image' if getattr(model, 'tta_flip', False) else ''} · {ms:.1f} ms")
+                   f"{views_caption(model)} · {ms:.1f} ms")
     with right:
         st.plotly_chart(charts.probability_bars(shown), key=f"bars_{key}")
     remember_for_look_inside(source, prepared.input)
@@ -209,6 +211,12 @@ def show_prediction(prepared, model, key: str, run, source: str, show_steps: boo
             if prepared.decisions:
                 st.markdown("**What the pipeline decided**")
                 st.dataframe(explore.decision_rows(prepared.decisions), hide_index=True)
+
+
+def views_caption(model) -> str:
+    """" · averaged ..." for a backend answering over test-time views, else ""."""
+    text = views_text(bool(getattr(model, "tta_flip", False)), int(getattr(model, "tta_shift", 0)))
+    return f" · {text}" if text else ""
 
 
 def shown_name(name: str) -> str:

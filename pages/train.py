@@ -125,7 +125,7 @@ def settings_ui(locked: bool = False) -> tuple[TrainConfig | None, str | None]:
         return None, f"Widths must be whole numbers separated by commas, got {widths_text!r}."
     if limit and limit < B["limit"][0]:
         return None, f"Training-set size must be 0 (all) or at least {B['limit'][0]}."
-    # the form's values override the preset (EMA, flip averaging and precision stay the preset's)
+    # the form's values override the preset (EMA, test-time views and precision stay the preset's)
     values = dict(arch=arch, widths=widths, dropout=[conv_drop, dense_drop], epochs=int(epochs),
                   batch_size=int(batch_size), optimizer=optimizer, learning_rate=float(lr), schedule=schedule,
                   warmup_epochs=float(warmup), weight_decay=float(weight_decay), label_smoothing=float(smoothing),

@@ -89,6 +89,47 @@ def test_flip_averaging_follows_the_run_config(run, run_copy, dataset):
     assert not get_backend(run_copy, "keras", tta=False).tta_flip
 
 
+def test_test_views_are_the_mirror_and_one_pixel_shifts_with_black_filled_in():
+    from fmnist.predictor import average_views, test_views
+
+    x = np.arange(2 * 28 * 28, dtype=np.float32).reshape(2, 28, 28) % 251 + 1  # no zero pixel
+    views, count = test_views(x, flip=False, shift=1)
+    assert count == 5 and views.shape == (10, 28, 28, 1)
+    v = views[..., 0].reshape(5, 2, 28, 28)
+    assert np.array_equal(v[0], x)
+    assert np.array_equal(v[1][:, 1:], x[:, :-1]) and not v[1][:, 0].any()  # moved down one row
+    assert np.array_equal(v[2][:, :-1], x[:, 1:]) and not v[2][:, -1].any()  # up
+    assert np.array_equal(v[3][:, :, 1:], x[:, :, :-1]) and not v[3][:, :, 0].any()  # right
+    assert np.array_equal(v[4][:, :, :-1], x[:, :, 1:]) and not v[4][:, :, -1].any()  # left
+    both, count = test_views(x, flip=True, shift=2)
+    assert count == 10 and np.array_equal(both[2:4, ..., 0], x[:, :, ::-1])
+    assert np.array_equal(both[16:18, ..., 0][:, :, 2:], x[:, :, ::-1][:, :, :-2])  # the mirror moved right by 2
+    assert test_views(x)[1] == 1 and np.array_equal(test_views(x)[0][..., 0], x)
+    probs = np.concatenate([np.full((2, 3), k, np.float32) for k in range(5)])
+    assert np.allclose(average_views(probs, 5), 2.0) and average_views(probs, 5).shape == (2, 3)
+
+
+def test_shift_averaging_follows_the_run_config(run, run_copy, dataset):
+    """A run trained with tta_shift is answered over its shifted views on every backend."""
+    from fmnist.predictor import test_views
+
+    config = read_json(run_copy / "config.json")
+    atomic_write_json(run_copy / "config.json", {**config, "tta_flip": False, "tta_shift": 1})
+    manifest = read_json(run_copy / MANIFEST)
+    manifest["files"]["config.json"]["sha256"] = sha256_file(run_copy / "config.json")
+    manifest["files"]["config.json"]["bytes"] = (run_copy / "config.json").stat().st_size
+    atomic_write_json(run_copy / MANIFEST, manifest)
+    x = dataset.x_test[:8]
+    for name in ("keras", "openvino-fp32"):
+        plain = get_backend(run_copy, name, cache=False, tta=False)
+        averaged = get_backend(run_copy, name, cache=False)
+        assert averaged.tta_shift == 1 and not averaged.tta_flip and averaged.describe()["tta_shift"] == 1
+        views, count = test_views(x, False, 1)
+        expected = plain.predict_proba(views).reshape(count, len(x), 10).mean(axis=0)
+        assert np.abs(averaged.predict_proba(x) - expected).max() <= 1e-5
+        assert np.abs(averaged.predict_proba(x) - plain.predict_proba(x)).max() > 1e-4  # the views count
+
+
 def test_isolated_keras_answers_from_a_worker_process(run, run_copy, dataset):
     """The app's Keras backend: same answers as in-process Keras, computed in a worker process, and
     a tampered run is refused before anything reaches the worker."""

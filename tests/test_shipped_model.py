@@ -23,7 +23,8 @@ def test_shipped_model_verifies_and_is_the_default(shipped_model):
 def test_shipped_model_reaches_its_claimed_test_accuracy(shipped_model, real_dataset):
     claimed = load_metrics(DEFAULT_MODEL_DIR)["test_accuracy"]
     config = TrainConfig.from_dict(verify_run(DEFAULT_MODEL_DIR).config)
-    probs = predict_probabilities(load_model(DEFAULT_MODEL_DIR), real_dataset.x_test, config.tta_flip)
+    probs = predict_probabilities(load_model(DEFAULT_MODEL_DIR), real_dataset.x_test, config.tta_flip,
+                                  tta_shift=config.tta_shift)
     accuracy = float(np.mean(probs.argmax(1) == real_dataset.y_test))
     assert abs(accuracy - claimed) <= 0.001
     assert accuracy >= 0.935

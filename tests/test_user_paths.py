@@ -66,7 +66,7 @@ def test_every_train_flag_reaches_config_json(real_data_dir, tmp_path):
                   "--batch-size", "64", "--optimizer", "adamw", "--lr", "0.002", "--schedule", "cosine",
                   "--warmup-epochs", "0.5", "--weight-decay", "0.01", "--label-smoothing", "0.1",
                   "--augment-flip", "--augment-shift", "1", "--augment-scale", "0.05",
-                  "--augment-photo", "0.5", "--augment-erase", "0.25", "--ema", "0.9", "--tta-flip", "--val-fraction", "0.2", "--seed", "3", "--limit", "500",
+                  "--augment-photo", "0.5", "--augment-erase", "0.25", "--ema", "0.9", "--tta-flip", "--tta-shift", "1", "--val-fraction", "0.2", "--seed", "3", "--limit", "500",
                   "--precision", "bfloat16", "--tensorboard", "--no-export",
                   "--data-dir", str(real_data_dir), "--runs-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -80,7 +80,7 @@ def test_every_train_flag_reaches_config_json(real_data_dir, tmp_path):
         "arch": "modern", "widths": [4, 8, 8], "dropout": [0.1, 0.2], "epochs": 1, "batch_size": 64,
         "optimizer": "adamw", "learning_rate": 0.002, "schedule": "cosine", "warmup_epochs": 0.5,
         "weight_decay": 0.01, "label_smoothing": 0.1, "augment_flip": True, "augment_shift": 1,
-        "augment_scale": 0.05, "augment_photo": 0.5, "augment_erase": 0.25, "ema": 0.9, "tta_flip": True, "val_fraction": 0.2, "seed": 3, "limit": 500,
+        "augment_scale": 0.05, "augment_photo": 0.5, "augment_erase": 0.25, "ema": 0.9, "tta_flip": True, "tta_shift": 1, "val_fraction": 0.2, "seed": 3, "limit": 500,
         "precision": "bfloat16", "tensorboard": True, "preset": None,
     }
     from fmnist.runs import verify_run
