@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist.devsets import SHARED_DATA, drawn_digits, noise_and_plain, noise_photos, photo_inputs
+from fmnist.devsets import SHARED_DATA, digit_photos, drawn_digits, noise_and_plain, noise_photos, photo_inputs
 
 FLAG_FRACTION = 0.05  # of held-out Fashion-MNIST validation items called unfamiliar, for single scores
 REDUCED_DIMS = (16, 32)
@@ -82,7 +82,8 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
     model = load_model(run_dir)
     early = activation_layers(model)[0]
     inputs = {"train": splits.x_train[keep], "val": splits.x_val, "test": dataset.x_test,
-              "digits": drawn_digits(), "noise": noise_and_plain(), "noise_photos": noise_photos(),
+              "digits": drawn_digits(), "digit_photos": digit_photos(), "noise": noise_and_plain(),
+              "noise_photos": noise_photos(),
               "hats": photo_inputs(photos_dir / "unfamiliar-photos"),
               "clothing_photos": photo_inputs(photos_dir / "clothing-photos"),
               "product_photos": photo_inputs(photos_dir / "product-photos")}
@@ -126,6 +127,7 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
                 "hats_vs_real_photos": fam.auroc(photos, by_set["hats"]),
                 "noise_vs_test": fam.auroc(by_set["test"], by_set["noise"]),
                 "noise_photos_vs_test": fam.auroc(by_set["test"], by_set["noise_photos"]),
+                "digit_photos_vs_test": fam.auroc(by_set["test"], by_set["digit_photos"]),
             },
             "threshold": threshold,
             "flagged": {k: fam.flagged_fraction(v, threshold) for k, v in by_set.items()},
@@ -191,7 +193,7 @@ def detector_figures(model, early: str, splits, feats: dict, train: dict, early_
     items = feature_sets(model, splits.x_train[keep], [early])
     inputs = {k: fam.detector_inputs(f["penultimate"], f[early]) for k, f in {**feats, "training_items": items}.items()}
     familiar = {k: inputs[k] for k in ("training_items", "clothing_photos", "product_photos") if len(inputs[k])}
-    unfamiliar = {k: inputs[k] for k in ("digits", "noise", "noise_photos", "hats") if len(inputs[k])}
+    unfamiliar = {k: inputs[k] for k in ("digits", "digit_photos", "noise", "noise_photos", "hats") if len(inputs[k])}
     cv = fam.cross_validated_detector(familiar, unfamiliar, {"val": inputs["val"], "test": inputs["test"]},
                                       folds, trust.DETECTOR_STRENGTH)
     projection = fam.fit_projection(train["penultimate"], trust.DIMS)
@@ -216,7 +218,8 @@ def detector_figures(model, early: str, splits, feats: dict, train: dict, early_
     def aurocs(by_set: dict[str, np.ndarray]) -> dict:
         found = {"digits_vs_test": fam.auroc(by_set["test"], by_set["digits"]),
                  "noise_vs_test": fam.auroc(by_set["test"], by_set["noise"]),
-                 "noise_photos_vs_test": fam.auroc(by_set["test"], by_set["noise_photos"])}
+                 "noise_photos_vs_test": fam.auroc(by_set["test"], by_set["noise_photos"]),
+                 "digit_photos_vs_test": fam.auroc(by_set["test"], by_set["digit_photos"])}
         if "hats" in by_set and photos:
             found["hats_vs_real_photos"] = fam.auroc(np.concatenate([by_set[k] for k in photos]), by_set["hats"])
             found.update({f"hats_vs_{k}": fam.auroc(by_set[k], by_set["hats"]) for k in photos})

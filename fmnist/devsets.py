@@ -109,12 +109,41 @@ def noise_photos(n: int = 90, seed: int = 0) -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
 
 
+def digit_photos(n: int = 120, seed: int = 0, held_out: tuple[str, ...] = ("DejaVuSans.ttf",)) -> np.ndarray:
+    """Printed digits photographed on a sheet, through the app's photo pipeline: 0-9 in the DejaVu fonts
+    found (except `held_out`: the font the app's browser test prints its digit in stays unseen), at
+    random sizes and places, dark ink on a light, slightly tinted sheet."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from fmnist.preprocess import PreprocessError, prepare_photo
+
+    fonts = [f for f in sorted(Path("/usr/share/fonts/truetype").rglob("*.ttf")) if f.name not in held_out]
+    if not fonts:
+        return np.zeros((0, 28, 28), np.uint8)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        font = ImageFont.truetype(str(fonts[i % len(fonts)]), int(rng.integers(120, 240)))
+        paper = tuple(int(v) for v in rng.integers(215, 256, 3))
+        ink = tuple(int(v) for v in rng.integers(0, 70, 3))
+        sheet = Image.new("RGB", (int(rng.integers(300, 480)), int(rng.integers(260, 400))), paper)
+        ImageDraw.Draw(sheet).text((int(rng.integers(20, 140)), int(rng.integers(0, 60))), str(i % 10), fill=ink, font=font)
+        try:
+            prepared = prepare_photo(sheet)
+        except PreprocessError:
+            continue
+        if not prepared.empty:
+            out.append(prepared.input)
+    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
+
+
 def development_sets(folder: str | Path | None = None, photos: bool = True,
                      progress=lambda text: None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(familiar, unfamiliar) model inputs by set name: drawn digits and noise always; with `photos`,
     each development photo folder found under `photos_dir(folder)` (about 75 s for all 587 photos)."""
-    progress("drawn digits, noise and plain colours")
-    unfamiliar = {"digits": drawn_digits(), "noise": noise_and_plain(), "noise_photos": noise_photos()}
+    progress("drawn and printed digits, noise and plain colours")
+    unfamiliar = {"digits": drawn_digits(), "digit_photos": digit_photos(), "noise": noise_and_plain(),
+                  "noise_photos": noise_photos()}
     familiar: dict[str, np.ndarray] = {}
     if photos:
         root = photos_dir(folder)

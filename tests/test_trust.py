@@ -204,7 +204,7 @@ def test_with_development_photos_an_outlier_exposure_detector_is_fitted_stored_a
     assert set(familiar) == {"training_items", "clothing_photos", "product_photos"}
     assert familiar["clothing_photos"] == familiar["product_photos"] == 12
     assert 400 < familiar["training_items"] < 512  # the run's training split (smaller than DETECTOR_TRAIN_ITEMS)
-    assert set(info["detector"]["unfamiliar"]) == {"digits", "noise", "noise_photos", "hats"}
+    assert set(info["detector"]["unfamiliar"]) == {"digits", "digit_photos", "noise", "noise_photos", "hats"}
     assert verify_run(run).bundles.get("trust") == "ok"
     loaded = trust.load(run)
     assert loaded.detector is not None and loaded.detector.weights.shape == (trust.reference_width(
