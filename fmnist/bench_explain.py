@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist.devsets import SHARED_DATA, digit_photos, drawn_digits, noise_and_plain, noise_photos, photo_inputs
+from fmnist.devsets import SHARED_DATA, development_sets
 
 FLAG_FRACTION = 0.05  # of held-out Fashion-MNIST validation items called unfamiliar, for single scores
 REDUCED_DIMS = (16, 32)
@@ -81,12 +81,8 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
     y_train = splits.y_train[keep]
     model = load_model(run_dir)
     early = activation_layers(model)[0]
-    inputs = {"train": splits.x_train[keep], "val": splits.x_val, "test": dataset.x_test,
-              "digits": drawn_digits(), "digit_photos": digit_photos(), "noise": noise_and_plain(),
-              "noise_photos": noise_photos(),
-              "hats": photo_inputs(photos_dir / "unfamiliar-photos"),
-              "clothing_photos": photo_inputs(photos_dir / "clothing-photos"),
-              "product_photos": photo_inputs(photos_dir / "product-photos")}
+    familiar, unfamiliar = development_sets(photos_dir, progress=progress)  # what fmnist.trust fits on
+    inputs = {"train": splits.x_train[keep], "val": splits.x_val, "test": dataset.x_test, **unfamiliar, **familiar}
     feats = {}
     for name, images in inputs.items():
         progress(f"features of {name} ({len(images):,})")
@@ -151,7 +147,8 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
                 cal.apply_temperature(test_answers, stored.temperature), dataset.y_test)
 
     progress("outlier-exposure detector, cross-validated")
-    report["detector_cv"] = detector_figures(model, early, splits, feats, train, early_gaussian, scores)
+    report["detector_cv"] = detector_figures(model, early, splits, feats, train, early_gaussian, scores,
+                                              familiar=list(familiar), unfamiliar=list(unfamiliar))
 
     correct = test_probs.argmax(axis=1) == dataset.y_test
     progress("nearest training items of the test set")
@@ -181,9 +178,10 @@ def measure(run_dir: Path, dataset, photos_dir: Path, backend: str = "openvino-f
 
 
 def detector_figures(model, early: str, splits, feats: dict, train: dict, early_gaussian, scores: dict,
-                     folds: int = 5) -> dict:
+                     familiar: list[str], unfamiliar: list[str], folds: int = 5) -> dict:
     """Cross-validated AUROC and flagged fractions of the detector alone and of the combined score the
-    way fmnist.trust builds it (detector, k-NN on the 16-dimensional reference, first stage)."""
+    way fmnist.trust builds it (detector, k-NN on the 16-dimensional reference, first stage), with the
+    development sets named `familiar` and `unfamiliar` (besides DETECTOR_TRAIN_ITEMS training items)."""
     from fmnist import familiarity as fam
     from fmnist import trust
     from fmnist.data import stratified_limit
@@ -192,8 +190,8 @@ def detector_figures(model, early: str, splits, feats: dict, train: dict, early_
     keep = stratified_limit(splits.y_train, trust.DETECTOR_TRAIN_ITEMS, 0)
     items = feature_sets(model, splits.x_train[keep], [early])
     inputs = {k: fam.detector_inputs(f["penultimate"], f[early]) for k, f in {**feats, "training_items": items}.items()}
-    familiar = {k: inputs[k] for k in ("training_items", "clothing_photos", "product_photos") if len(inputs[k])}
-    unfamiliar = {k: inputs[k] for k in ("digits", "digit_photos", "noise", "noise_photos", "hats") if len(inputs[k])}
+    familiar = {k: inputs[k] for k in ["training_items", *familiar]}
+    unfamiliar = {k: inputs[k] for k in unfamiliar}
     cv = fam.cross_validated_detector(familiar, unfamiliar, {"val": inputs["val"], "test": inputs["test"]},
                                       folds, trust.DETECTOR_STRENGTH)
     projection = fam.fit_projection(train["penultimate"], trust.DIMS)
@@ -202,16 +200,17 @@ def detector_figures(model, early: str, splits, feats: dict, train: dict, early_
            for k, f in {**feats, "training_items": items}.items()}
     first = {**scores[f"mahalanobis_{early}"], "training_items": fam.mahalanobis_score(early_gaussian, items[early])}
     fractions = trust.DETECTOR_FLAG_FRACTIONS
-    thresholds = {"knn": fam.choose_threshold(knn["val"], fractions["knn"]),
+    # each fold's detector over its own validation threshold; k-NN and first stage over theirs
+    thresholds = {"detector": 1.0, "knn": fam.choose_threshold(knn["val"], fractions["knn"]),
                   "first_stage": fam.choose_threshold(first["val"], fractions["first_stage"])}
+    fold_thresholds = np.array([fam.choose_threshold(o["val"], fractions["detector"]) for o in cv["others"]])
     combined, detector_flagged = {}, {}
     for name in list(familiar) + list(unfamiliar) + ["val", "test"]:
-        if name in cv["scores"]:  # each item scored by the fold that held it out, over that fold's threshold
-            fold_thresholds = np.array([fam.choose_threshold(o["val"], fractions["detector"]) for o in cv["others"]])
+        if name in cv["scores"]:  # each item scored by the fold that held it out
             det = cv["scores"][name] / fold_thresholds[cv["fold"][name]]
         else:  # validation/test: every fold's detector scores every item; the folds' mean
-            det = np.mean([o[name] / fam.choose_threshold(o["val"], fractions["detector"]) for o in cv["others"]], axis=0)
-        combined[name] = np.maximum(det, np.maximum(knn[name] / thresholds["knn"], first[name] / thresholds["first_stage"]))
+            det = np.mean([o[name] / t for o, t in zip(cv["others"], fold_thresholds)], axis=0)
+        combined[name] = fam.combined_score({"detector": det, "knn": knn[name], "first_stage": first[name]}, thresholds)
         detector_flagged[name] = float(np.mean(det > 1.0))
     photos = [k for k in ("clothing_photos", "product_photos") if k in combined]
 

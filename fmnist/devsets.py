@@ -18,6 +18,23 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # and real photos of the ten classes
 UNFAMILIAR_FOLDERS = {"hats": "unfamiliar-photos"}
 FAMILIAR_FOLDERS = {"clothing_photos": "clothing-photos", "product_photos": "product-photos"}
+FONTS_DIR = Path("/usr/share/fonts/truetype")  # Debian's fonts (fonts-dejavu-core): digits drawn and printed
+
+
+def _through_pipeline(sources, prepare) -> np.ndarray:
+    """(N, 28, 28) uint8 model inputs of what `prepare` makes of each source; sources the pipeline
+    refuses or finds empty are left out."""
+    from fmnist.preprocess import PreprocessError
+
+    out = []
+    for source in sources:
+        try:
+            prepared = prepare(source)
+        except PreprocessError:
+            continue
+        if not prepared.empty:
+            out.append(prepared.input)
+    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
 
 
 def photos_dir(path: str | Path | None = None) -> Path:
@@ -34,15 +51,9 @@ def image_files(folder: Path) -> list[Path]:
 def photo_inputs(folder: Path) -> np.ndarray:
     """Model inputs (N, 28, 28) uint8 of every photo below `folder`, through the app's photo pipeline;
     files the pipeline refuses are left out."""
-    from fmnist.preprocess import PreprocessError, load_for_model
+    from fmnist.preprocess import load_for_model
 
-    out = []
-    for path in image_files(folder):
-        try:
-            out.append(load_for_model(path).input)
-        except PreprocessError:
-            continue
-    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
+    return _through_pipeline(image_files(folder), load_for_model)
 
 
 def drawn_digits(seed: int = 0) -> np.ndarray:
@@ -57,8 +68,7 @@ def drawn_digits(seed: int = 0) -> np.ndarray:
     for digit in load_digits().images:  # 0..16 ink on white
         ink = np.asarray(Image.fromarray((digit * 255 / 16).astype(np.uint8)).resize((96, 96), Image.BILINEAR))
         canvases.append(255 - ink)
-    fonts = sorted(Path("/usr/share/fonts/truetype").rglob("*.ttf"))
-    for font_path in fonts:
+    for font_path in sorted(FONTS_DIR.rglob("*.ttf")):
         font = ImageFont.truetype(str(font_path), 120)
         for d in "0123456789":
             canvas = Image.new("L", (200, 200), 255)
@@ -86,27 +96,22 @@ def noise_photos(n: int = 90, seed: int = 0) -> np.ndarray:
     from PIL import Image
     from scipy.ndimage import gaussian_filter
 
-    from fmnist.preprocess import PreprocessError, prepare_photo
+    from fmnist.preprocess import prepare_photo
 
     rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
+
+    def photo(i: int):
         side = int(rng.integers(96, 225))
-        kind = i % 3
-        if kind == 0:
+        if i % 3 == 0:
             pixels = np.repeat(rng.integers(0, 256, (side, side, 1)), 3, axis=2)
-        elif kind == 1:
+        elif i % 3 == 1:
             pixels = rng.integers(0, 256, (side, side, 3))
         else:
             pixels = gaussian_filter(rng.uniform(0, 255, (side, side, 3)), (3.0, 3.0, 0))
             pixels = (pixels - pixels.min()) * 255 / max(np.ptp(pixels), 1e-6)
-        try:
-            prepared = prepare_photo(Image.fromarray(pixels.astype(np.uint8)))
-        except PreprocessError:
-            continue
-        if not prepared.empty:
-            out.append(prepared.input)
-    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
+        return Image.fromarray(pixels.astype(np.uint8))
+
+    return _through_pipeline((photo(i) for i in range(n)), prepare_photo)
 
 
 def digit_photos(n: int = 120, seed: int = 0, held_out: tuple[str, ...] = ("DejaVuSans.ttf",)) -> np.ndarray:
@@ -115,32 +120,28 @@ def digit_photos(n: int = 120, seed: int = 0, held_out: tuple[str, ...] = ("Deja
     random sizes and places, dark ink on a light, slightly tinted sheet."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from fmnist.preprocess import PreprocessError, prepare_photo
+    from fmnist.preprocess import prepare_photo
 
-    fonts = [f for f in sorted(Path("/usr/share/fonts/truetype").rglob("*.ttf")) if f.name not in held_out]
-    if not fonts:
-        return np.zeros((0, 28, 28), np.uint8)
+    fonts = [f for f in sorted(FONTS_DIR.rglob("*.ttf")) if f.name not in held_out]
     rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
+
+    def photo(i: int):
         font = ImageFont.truetype(str(fonts[i % len(fonts)]), int(rng.integers(120, 240)))
         paper = tuple(int(v) for v in rng.integers(215, 256, 3))
         ink = tuple(int(v) for v in rng.integers(0, 70, 3))
         sheet = Image.new("RGB", (int(rng.integers(300, 480)), int(rng.integers(260, 400))), paper)
-        ImageDraw.Draw(sheet).text((int(rng.integers(20, 140)), int(rng.integers(0, 60))), str(i % 10), fill=ink, font=font)
-        try:
-            prepared = prepare_photo(sheet)
-        except PreprocessError:
-            continue
-        if not prepared.empty:
-            out.append(prepared.input)
-    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
+        ImageDraw.Draw(sheet).text((int(rng.integers(20, 140)), int(rng.integers(0, 60))), str(i % 10),
+                                   fill=ink, font=font)
+        return sheet
+
+    return _through_pipeline((photo(i) for i in range(n if fonts else 0)), prepare_photo)
 
 
 def development_sets(folder: str | Path | None = None, photos: bool = True,
                      progress=lambda text: None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(familiar, unfamiliar) model inputs by set name: drawn digits and noise always; with `photos`,
-    each development photo folder found under `photos_dir(folder)` (about 75 s for all 587 photos)."""
+    """(familiar, unfamiliar) model inputs by set name: drawn and printed digits and noise always
+    (generated); with `photos`, each development photo folder found under `photos_dir(folder)`
+    (UNFAMILIAR_FOLDERS, FAMILIAR_FOLDERS; about 75 s for all 587 photos)."""
     progress("drawn and printed digits, noise and plain colours")
     unfamiliar = {"digits": drawn_digits(), "digit_photos": digit_photos(), "noise": noise_and_plain(),
                   "noise_photos": noise_photos()}

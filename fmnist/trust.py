@@ -148,11 +148,11 @@ def _fit_detector(model, first: str, splits, photos_dir: str | Path, progress) -
     DETECTOR_TRAIN_ITEMS training items; (None, None) unless photos of both sides are found."""
     from fmnist import familiarity as fam
     from fmnist.data import stratified_limit
-    from fmnist.devsets import development_sets, photos_dir as resolve_photos
+    from fmnist.devsets import UNFAMILIAR_FOLDERS, development_sets, photos_dir as resolve_photos
     from fmnist.explain import feature_sets
 
     familiar, unfamiliar = development_sets(photos_dir, progress=progress)
-    if not familiar or set(unfamiliar) <= {"digits", "digit_photos", "noise", "noise_photos"}:
+    if not familiar or not set(unfamiliar) & set(UNFAMILIAR_FOLDERS):
         progress(f"no development photos of both sides under {resolve_photos(photos_dir)}: no detector")
         return None, None
     keep = stratified_limit(splits.y_train, DETECTOR_TRAIN_ITEMS, 0)
