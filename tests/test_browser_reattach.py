@@ -89,6 +89,17 @@ def run_json(runs: Path, name: str, file: str = "status.json") -> dict:
     return json.loads((runs / name / file).read_text())
 
 
+def stop_and_saved_name(page) -> str:
+    """Press Stop and wait for the "Stopped:" notice; the name of the run it saved."""
+    t0 = time.monotonic()
+    page.get_by_role("button", name="Stop").click()
+    alert = page.locator("[data-testid='stAlertContentWarning']").filter(has_text="Stopped:")
+    alert.wait_for(timeout=180_000)
+    print(f"Stop to 'Stopped' on the page: {time.monotonic() - t0:.1f} s")
+    wait_idle(page)
+    return re.search(r"Saved as (\S+?);", alert.inner_text()).group(1)
+
+
 def test_reload_after_page_switch_keeps_the_training(server, browser):
     page = open_page(browser, f"{server['url']}/train")
     t0 = time.monotonic()
@@ -132,12 +143,8 @@ def test_reload_after_page_switch_keeps_the_training(server, browser):
     wait_until(lambda: progress_step(page) > step, 60, "progress past the orphan grace")
 
     # the reloaded page's Stop reaches the job the old session started: its run is saved
-    page.get_by_role("button", name="Stop").click()
-    stopped = page.locator("[data-testid='stAlertContentWarning']").filter(has_text="Stopped:")
-    stopped.wait_for(timeout=180_000)
-    name = re.search(r"Saved as (\S+?);", stopped.inner_text()).group(1)
+    name = stop_and_saved_name(page)
     assert run_json(server["runs"], name)["status"] == "stopped"
-    wait_idle(page)
     assert_no_errors(page)
     # the new run is the sidebar's current run, on this page and on the next
     assert name in current_run_text(page)
@@ -158,13 +165,7 @@ def test_stop_shows_the_saved_epoch_not_the_partial_one(server, browser):
     start_custom(page, epochs=50, limit=2000, batch=16, widths="8,16,32")
     # past the first full epoch (113 steps of 16 images) and into the second
     wait_until(lambda: progress_step(page) > 130, 240, "a batch of epoch 2")
-    t0 = time.monotonic()
-    page.get_by_role("button", name="Stop").click()
-    alert = page.locator("[data-testid='stAlertContentWarning']").filter(has_text="Stopped:")
-    alert.wait_for(timeout=180_000)
-    print(f"Stop to 'Stopped' on the page: {time.monotonic() - t0:.1f} s")
-    wait_idle(page)
-    name = re.search(r"Saved as (\S+?);", alert.inner_text()).group(1)
+    name = stop_and_saved_name(page)
     run = server["runs"] / name
     summary = run_json(server["runs"], name)
     test_accuracy = run_json(server["runs"], name, "metrics.json")["test_accuracy"]
